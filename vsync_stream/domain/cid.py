@@ -1,0 +1,98 @@
+"""CID: the content identifier of a DICT entry (BCB DICT API, "Cálculo de CID").
+
+``CID = HMAC-SHA-256(key = RequestId bytes, message = entry attributes)``, where the RequestId bytes
+are the 16 raw bytes of the UUID in RFC 4122 order and the attributes are nine values joined by
+``&``: keyType, key, ownerTaxIdNumber, ownerName, ownerTradeName, participant, branch,
+accountNumber, accountType. An absent value is the empty string; nothing is escaped, trimmed,
+re-cased or normalised: the DICT hashes exactly the strings it holds.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vsync_stream.domain.entry import Entry
+
+CID_HEX_LENGTH = 64
+
+
+def entry_attributes(entry: Entry) -> str:
+    """Build the CID message of an entry: the nine attributes joined by ``&``, in the DICT's order.
+
+    Args:
+        entry: the entry as the DICT holds it.
+
+    Returns:
+        The text to hash (still ``str``; UTF-8 encoded by :func:`compute_cid`).
+    """
+    return "&".join(
+        (
+            entry.key_type,
+            entry.key,
+            entry.owner_tax_id,
+            entry.owner_name,
+            entry.owner_trade_name or "",
+            entry.participant,
+            entry.branch or "",
+            entry.account_number,
+            entry.account_type,
+        )
+    )
+
+
+def request_id_bytes(request_id: str) -> bytes:
+    """Return the 16 raw bytes of a RequestId in RFC 4122 order (``uuid.UUID(s).bytes``).
+
+    Raises:
+        ValueError: the text is not a UUID.
+    """
+    return uuid.UUID(request_id).bytes
+
+
+def cid_of(request_id: bytes, attributes: str) -> str:
+    """Compute a CID from raw RequestId bytes and the attribute string.
+
+    Args:
+        request_id: 16 bytes, RFC 4122 order.
+        attributes: the output of :func:`entry_attributes`.
+
+    Returns:
+        64 lower-case hex chars.
+    """
+    return hmac.digest(request_id, attributes.encode("utf-8"), "sha256").hex()
+
+
+def compute_cid(entry: Entry) -> str:
+    """Compute the CID of an entry with its own RequestId (BCB DICT API, "Cálculo de CID").
+
+    Args:
+        entry: the entry; ``entry.request_id`` is the RequestId of its create request (or of the
+            complete-claim request for an entry created by a claim).
+
+    Returns:
+        64 lower-case hex chars.
+
+    Raises:
+        ValueError: the entry's RequestId is not a UUID.
+    """
+    return cid_of(request_id_bytes(entry.request_id), entry_attributes(entry))
+
+
+def normalise_cid(text: str) -> str:
+    """Validate a CID given as hex from outside (a CID file, the Bridge) and lower-case it.
+
+    Raises:
+        ValueError: not exactly 64 hex characters.
+    """
+    if len(text) != CID_HEX_LENGTH:
+        raise ValueError(f"a CID is 64 hex characters, got {len(text)}")
+    try:
+        int(text, 16)
+    except ValueError:
+        raise ValueError("a CID is hexadecimal") from None
+    if text.startswith(("+", "-")) or "_" in text:
+        raise ValueError("a CID is hexadecimal")
+    return text.lower()

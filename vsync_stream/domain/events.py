@@ -1,0 +1,200 @@
+"""Decoding of Pix key events (the ``dict-events`` contract, DESIGN 4.1) with a reason per rejection.
+
+The JSON Schema shipped in ``vsync_stream/schemas/dict-event.schema.json`` is the structural
+contract; the rules a schema cannot express (CPF/CNPJ check digits, key format per key type, tax id
+length per owner type, a real calendar date) are checked here. Every rejection raises
+:class:`~vsync_stream.errors.InvalidEvent` with a stable code and a reason free of personal data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import orjson
+
+from vsync_stream.domain.entry import Entry
+from vsync_stream.domain.keys import KeyType, key_problem
+from vsync_stream.errors import InvalidEvent
+
+ACTIONS = ("key.created", "key.updated", "key.deleted")
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEvent:
+    """A validated key event.
+
+    ``entry`` is None for ``key.deleted`` (a delete needs only key, key type and participant).
+    ``occurred_at_ms`` is milliseconds since the Unix epoch, UTC.
+    """
+
+    event_id: str
+    action: str
+    occurred_at_ms: int
+    version: int | None
+    key: str
+    key_type: str
+    participant: str
+    entry: Entry | None
+    reason: str | None = None
+
+    @property
+    def is_delete(self) -> bool:
+        """True for ``key.deleted``."""
+        return self.action == "key.deleted"
+
+
+@cache
+def event_schema() -> dict[str, Any]:
+    """The JSON Schema of the event contract, as a dict (loaded once from the package)."""
+    text = resources.files("vsync_stream").joinpath("schemas/dict-event.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = event_schema()
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(document)"
+
+
+def _schema_rejection(error: jsonschema.ValidationError) -> InvalidEvent:
+    where = _path(error)
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else "?"
+        field = f"{where}.{missing}" if where != "(document)" else missing
+        return InvalidEvent("missing_field", f"required field '{field}' is missing")
+    if error.validator == "type":
+        expected = error.validator_value
+        return InvalidEvent(
+            "wrong_type", f"field '{where}' must be of JSON type {expected}, got {type(error.instance).__name__}"
+        )
+    code = error.schema.get("x-reason") if isinstance(error.schema, dict) else None
+    code = code or f"invalid_{error.validator}"
+    if error.validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return InvalidEvent(code, f"field '{where}' must be one of: {allowed}")
+    if error.validator == "pattern":
+        return InvalidEvent(code, f"field '{where}' has the wrong format")
+    if error.validator in ("minLength", "maxLength", "minimum"):
+        return InvalidEvent(code, f"field '{where}' breaks {error.validator}={error.validator_value}")
+    return InvalidEvent(code, f"field '{where}' is invalid ({error.validator})")
+
+
+def parse_occurred_at(text: str) -> int:
+    """Parse an RFC 3339 UTC timestamp (``Z`` or ``+00:00``) into epoch milliseconds.
+
+    Raises:
+        InvalidEvent: not a real UTC date-time.
+    """
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidEvent("occurred_at_not_rfc3339_utc", "occurredAt is not a real date-time") from None
+    if moment.utcoffset() is None or moment.utcoffset().total_seconds() != 0:  # type: ignore[union-attr]
+        raise InvalidEvent("occurred_at_not_rfc3339_utc", "occurredAt must be UTC")
+    return int(moment.astimezone(UTC).timestamp() * 1000)
+
+
+def validate_event_doc(doc: Any) -> KeyEvent:
+    """Validate a decoded JSON document against the contract and build a :class:`KeyEvent`.
+
+    Raises:
+        InvalidEvent: the first rule the document breaks, with its code and reason.
+    """
+    if not isinstance(doc, dict):
+        raise InvalidEvent("not_an_object", f"the event must be a JSON object, got {type(doc).__name__}")
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
+    if error is not None:
+        raise _schema_rejection(error)
+    occurred_at_ms = parse_occurred_at(doc["occurredAt"])
+    raw_entry = doc["entry"]
+    key_type = KeyType(raw_entry["keyType"])
+    problem = key_problem(key_type, raw_entry["key"])
+    if problem is not None:
+        raise InvalidEvent(*problem)
+    action = doc["action"]
+    entry: Entry | None = None
+    if action != "key.deleted":
+        owner = raw_entry["owner"]
+        tax_id_length = 11 if owner["type"] == "NATURAL_PERSON" else 14
+        if len(owner["taxIdNumber"]) != tax_id_length:
+            raise InvalidEvent(
+                "tax_id_owner_type_mismatch",
+                f"owner of type {owner['type']} must have a {tax_id_length}-digit taxIdNumber",
+            )
+        if owner["type"] == "NATURAL_PERSON" and owner.get("tradeName"):
+            raise InvalidEvent("trade_name_for_natural_person", "only a LEGAL_PERSON owner may have a tradeName")
+        entry = Entry.from_json(raw_entry)
+    return KeyEvent(
+        event_id=doc["eventId"].lower(),
+        action=action,
+        occurred_at_ms=occurred_at_ms,
+        version=doc.get("version"),
+        key=raw_entry["key"],
+        key_type=key_type.value,
+        participant=raw_entry["account"]["participant"],
+        entry=entry,
+        reason=doc.get("reason"),
+    )
+
+
+def decode_event(payload: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> KeyEvent:
+    """Decode and validate one event message.
+
+    Args:
+        payload: the message bytes (UTF-8 JSON).
+        max_bytes: the largest payload accepted, in bytes.
+
+    Returns:
+        The validated event.
+
+    Raises:
+        InvalidEvent: oversize, not UTF-8, not JSON, or breaking the contract; ``code`` says which.
+    """
+    if len(payload) > max_bytes:
+        raise InvalidEvent("oversize", f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("not_utf8", f"payload is not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("not_json", f"payload is not JSON: {exc.msg}") from None
+    return validate_event_doc(doc)
+
+
+def event_to_json(event: KeyEvent) -> dict[str, Any]:
+    """The event back in contract shape (DESIGN 4.1), e.g. for a corrective or generated event."""
+    entry: dict[str, Any]
+    if event.entry is not None:
+        entry = event.entry.to_json()
+    else:
+        entry = {"key": event.key, "keyType": event.key_type, "account": {"participant": event.participant}}
+    occurred = datetime.fromtimestamp(event.occurred_at_ms / 1000, tz=UTC)
+    return {
+        "eventId": event.event_id,
+        "action": event.action,
+        "occurredAt": occurred.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "version": event.version,
+        "reason": event.reason,
+        "entry": entry,
+    }
+
+
+def encode_event(event: KeyEvent) -> bytes:
+    """Serialise an event to contract JSON bytes."""
+    return orjson.dumps(event_to_json(event))

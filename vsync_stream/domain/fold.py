@@ -1,0 +1,129 @@
+"""The fold: one idempotent, order-safe state transition per key event (DESIGN 3.3).
+
+The entries table holds, per Pix key, an :class:`EntryState`: the CID it currently contributes to
+its (participant, key type) VSync, or a tombstone after a delete, together with the ordering token
+of the last event applied. Every VSync change is derived from that state (``vsync ^= old ^ new``
+with ``old`` read from the table, never from the event), so:
+
+* a duplicate (same event id) or a replay of an older event changes nothing (invariant I2);
+* a stale event (older ordering token than the table holds) is counted and not applied;
+* a tombstone keeps its token, so a late create cannot resurrect a deleted key;
+* claims (delete at the donor, create at the claimer) end right in either arrival order, because
+  the row is keyed by the Pix key and ordered by the key's version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import orjson
+
+from vsync_stream.domain.events import KeyEvent
+
+
+class FoldStatus(StrEnum):
+    """What the fold did with an event."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryState:
+    """The entries-table value of one Pix key.
+
+    ``cid`` is None for a tombstone (the key was deleted). ``version`` and ``occurred_at_ms``
+    (epoch ms) with ``event_id`` form the ordering token of the last event applied.
+    """
+
+    participant: str
+    key_type: str
+    cid: str | None
+    request_id: str | None
+    version: int | None
+    occurred_at_ms: int
+    event_id: str
+
+    @property
+    def active(self) -> bool:
+        """True when the key is an active entry (not a tombstone)."""
+        return self.cid is not None
+
+    def encode(self) -> bytes:
+        """Compact table encoding (a JSON array)."""
+        return orjson.dumps(
+            [self.participant, self.key_type, self.cid, self.request_id, self.version, self.occurred_at_ms,
+             self.event_id]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> EntryState:
+        """Inverse of :meth:`encode`.
+
+        Raises:
+            ValueError: the bytes are not an encoded state.
+        """
+        p, t, c, r, v, o, e = orjson.loads(data)
+        return cls(p, t, c, r, v, o, e)
+
+
+# (participant, key type, CID): one contribution to a VSync.
+Contribution = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class FoldOutcome:
+    """The result of folding one event: the new state and the VSync contributions it moves."""
+
+    status: FoldStatus
+    state: EntryState | None
+    removed: Contribution | None = None
+    added: Contribution | None = None
+
+
+def is_older(event: KeyEvent, stored: EntryState) -> bool:
+    """Tell whether ``event`` orders before the event that produced ``stored``.
+
+    Versions order the events of one key where both sides carry one; otherwise ``occurredAt``
+    does (DESIGN 4.1). Ties are broken by ``occurredAt`` and then by event id, so the outcome never
+    depends on arrival order.
+    """
+    if event.version is not None and stored.version is not None:
+        mine: tuple[int, int, str] = (event.version, event.occurred_at_ms, event.event_id)
+        theirs: tuple[int, int, str] = (stored.version, stored.occurred_at_ms, stored.event_id)
+        return mine < theirs
+    return (event.occurred_at_ms, event.event_id) < (stored.occurred_at_ms, stored.event_id)
+
+
+def fold(stored: EntryState | None, event: KeyEvent) -> FoldOutcome:
+    """Apply one event to the state the table holds for its key.
+
+    Args:
+        stored: the table's current state for ``event.key``, or None if the key was never seen.
+        event: a validated event.
+
+    Returns:
+        The outcome; ``state`` is what the table must hold afterwards (unchanged when not applied),
+        ``removed``/``added`` are the VSync contributions to XOR out/in.
+    """
+    if stored is not None:
+        if stored.event_id == event.event_id:
+            return FoldOutcome(FoldStatus.DUPLICATE, stored)
+        if is_older(event, stored):
+            return FoldOutcome(FoldStatus.STALE, stored)
+    removed: Contribution | None = None
+    if stored is not None and stored.cid is not None:
+        removed = (stored.participant, stored.key_type, stored.cid)
+    if event.entry is None:
+        state = EntryState(event.participant, event.key_type, None, None, event.version, event.occurred_at_ms,
+                           event.event_id)
+        return FoldOutcome(FoldStatus.APPLIED, state, removed, None)
+    cid = event.entry.cid
+    state = EntryState(event.participant, event.key_type, cid, event.entry.request_id, event.version,
+                       event.occurred_at_ms, event.event_id)
+    added = (event.participant, event.key_type, cid)
+    if removed == added:  # an update that changes no hashed field keeps the same CID
+        return FoldOutcome(FoldStatus.APPLIED, state, None, None)
+    return FoldOutcome(FoldStatus.APPLIED, state, removed, added)

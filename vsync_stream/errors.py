@@ -1,0 +1,68 @@
+"""The one exception tree of vsync-stream.
+
+Every error the product raises derives from :class:`VsyncError`. ``retriable`` says whether the
+same call may succeed later (a broker or the Bridge coming back); retry loops branch on that flag
+only, never on the class name.
+"""
+
+from __future__ import annotations
+
+
+class VsyncError(Exception):
+    """Base of every vsync-stream error."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(VsyncError):
+    """A setting or an existing broker resource is wrong; the message says what to fix."""
+
+
+class InvalidEvent(VsyncError):
+    """A key event breaks the contract (DESIGN 4.1); it is dead-lettered with ``code`` and reason.
+
+    Attributes:
+        code: a short stable code, used as the metric label and in the dead-letter record.
+        reason: a human-readable explanation with no personal data.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class InvalidEntry(VsyncError):
+    """An operator-supplied entry or CID file line is malformed."""
+
+
+class StateNotReady(VsyncError):
+    """Table state is recovering or partitions are being reassigned; ask again shortly."""
+
+    retriable = True
+
+
+class BridgeError(VsyncError):
+    """The Bridge (the participant's gRPC gateway to the DICT) answered with an error."""
+
+
+class BridgeUnavailable(BridgeError):
+    """The Bridge or the DICT behind it cannot be reached now (gRPC UNAVAILABLE, deadline)."""
+
+    retriable = True
+
+
+class RateLimited(BridgeError):
+    """The DICT's token bucket for this operation is empty (gRPC RESOURCE_EXHAUSTED)."""
+
+    retriable = True
+
+
+class BridgeNotFound(BridgeError):
+    """The DICT has no such object (gRPC NOT_FOUND)."""
+
+
+class AuditStoreError(VsyncError):
+    """The PostgreSQL audit store failed."""
+
+    retriable = True
