@@ -1,0 +1,163 @@
+"""PostgreSQL audit store (asyncpg): the durable record of every verification.
+
+The schema is created by :meth:`AuditStore.migrate` (``vsync-stream migrate``; the worker also runs
+it at start). Migrations are numbered, applied once each, in a transaction, under an advisory lock
+so that several workers starting together do not race.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from vsync_stream.errors import AuditStoreError
+
+log = logging.getLogger(__name__)
+
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE verifications (
+        id              BIGSERIAL PRIMARY KEY,
+        round_id        UUID NOT NULL,
+        verification_id TEXT,
+        participant     CHAR(8) NOT NULL,
+        key_type        TEXT NOT NULL,
+        vsync           CHAR(64) NOT NULL,
+        entries         BIGINT NOT NULL,
+        result          TEXT NOT NULL,
+        error           TEXT,
+        trigger         TEXT NOT NULL,
+        offsets         JSONB NOT NULL,
+        started_at      TIMESTAMPTZ NOT NULL,
+        finished_at     TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX verifications_pair_time ON verifications (participant, key_type, finished_at DESC);
+    """,
+]
+_LOCK_ID = 0x7653594E43  # "vSYNC": advisory lock held while migrating
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationRecord:
+    """One (participant, key type) verification as stored.
+
+    ``result`` is ``OK``, ``NOK`` or ``ERROR`` (the Bridge failed; ``error`` says why).
+    ``offsets`` maps key-events partition → last offset the VSync reflects (invariant I4).
+    """
+
+    round_id: str
+    verification_id: str | None
+    participant: str
+    key_type: str
+    vsync: str
+    entries: int
+    result: str
+    error: str | None
+    trigger: str
+    offsets: dict[int, int | None]
+    started_at: datetime
+    finished_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict in the web view's camelCase."""
+        return {
+            "roundId": self.round_id, "verificationId": self.verification_id, "participant": self.participant,
+            "keyType": self.key_type, "vsync": self.vsync, "entries": self.entries, "result": self.result,
+            "error": self.error, "trigger": self.trigger, "offsets": {str(k): v for k, v in self.offsets.items()},
+            "startedAt": self.started_at.isoformat(), "finishedAt": self.finished_at.isoformat(),
+        }
+
+
+class AuditStore:
+    """Pool-backed access to the audit tables. Use ``async with AuditStore(dsn) as store``."""
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 4) -> None:
+        self._dsn = dsn
+        self._min, self._max = min_size, max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        """Open the connection pool.
+
+        Raises:
+            AuditStoreError: PostgreSQL cannot be reached (the message names the host, not the password).
+        """
+        try:
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=self._min, max_size=self._max,
+                                                   command_timeout=30)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise AuditStoreError(f"cannot connect to PostgreSQL ({type(exc).__name__}: {exc}); "
+                                  "check VSYNC_POSTGRES_DSN and that the server runs") from exc
+
+    async def stop(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def __aenter__(self) -> AuditStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise AuditStoreError("audit store is not started")
+        return self._pool
+
+    async def migrate(self) -> int:
+        """Apply pending migrations.
+
+        Returns:
+            The schema version after migrating.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                               "(version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            for version, sql in enumerate(_MIGRATIONS, start=1):
+                if version > current:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                    log.info("audit store migrated to schema version %d", version)
+            return len(_MIGRATIONS)
+
+    async def record_verifications(self, records: list[VerificationRecord]) -> None:
+        """Store one verification round."""
+        rows = [(r.round_id, r.verification_id, r.participant, r.key_type, r.vsync, r.entries, r.result, r.error,
+                 r.trigger, json.dumps({str(k): v for k, v in r.offsets.items()}), r.started_at, r.finished_at)
+                for r in records]
+        await self.pool.executemany(
+            "INSERT INTO verifications (round_id, verification_id, participant, key_type, vsync, entries, result,"
+            " error, trigger, offsets, started_at, finished_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12)", rows)
+
+    async def recent_verifications(self, limit: int = 100) -> list[VerificationRecord]:
+        """The newest verifications first (at most ``limit``)."""
+        rows = await self.pool.fetch("SELECT * FROM verifications ORDER BY id DESC LIMIT $1", limit)
+        return [_record(row) for row in rows]
+
+    async def latest_per_pair(self) -> dict[tuple[str, str], VerificationRecord]:
+        """The last verification of every (participant, key type)."""
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT ON (participant, key_type) * FROM verifications"
+            " ORDER BY participant, key_type, id DESC")
+        return {(row["participant"], row["key_type"]): _record(row) for row in rows}
+
+
+def _record(row: asyncpg.Record) -> VerificationRecord:
+    offsets = json.loads(row["offsets"]) if isinstance(row["offsets"], str) else row["offsets"]
+    return VerificationRecord(
+        round_id=str(row["round_id"]), verification_id=row["verification_id"], participant=row["participant"],
+        key_type=row["key_type"], vsync=row["vsync"], entries=row["entries"], result=row["result"],
+        error=row["error"], trigger=row["trigger"], offsets={int(k): v for k, v in offsets.items()},
+        started_at=row["started_at"], finished_at=row["finished_at"])

@@ -1,0 +1,138 @@
+"""Pulsar-to-stream adapter: the participant's ``dict-events`` topic into the Kafka key-events topic.
+
+Each message is validated; a valid event is produced to Kafka keyed by its Pix key, an invalid one
+to the dead-letter topic with its reason and original bytes. Pulsar is acknowledged only after
+Kafka has acknowledged the record (invariant I3); if Kafka fails, the batch is negatively
+acknowledged and Pulsar redelivers it, which the fold absorbs (invariant I2). Dead-lettering
+never depends on Pulsar's redelivery counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pulsar
+
+from vsync_stream.domain.events import decode_event
+from vsync_stream.errors import InvalidEvent
+from vsync_stream.metrics import EVENTS_FORWARDED, EVENTS_RECEIVED
+
+log = logging.getLogger(__name__)
+
+# forward(pix_key, payload) / dead_letter(payload, error, source) queue a Kafka record and return an
+# awaitable that resolves once Kafka acknowledged it.
+Forward = Callable[[str, bytes], Awaitable[Awaitable[Any]]]
+DeadLetter = Callable[[bytes, InvalidEvent, dict[str, Any]], Awaitable[Awaitable[Any]]]
+
+_CONSUMER_TYPES = {
+    "KeyShared": pulsar.ConsumerType.KeyShared,
+    "Shared": pulsar.ConsumerType.Shared,
+    "Failover": pulsar.ConsumerType.Failover,
+    "Exclusive": pulsar.ConsumerType.Exclusive,
+}
+
+
+class PulsarSource:
+    """A Pulsar consumer on the ``dict-events`` topic, driven from asyncio.
+
+    Args:
+        url: Pulsar service URL, e.g. ``pulsar://127.0.0.1:16650``.
+        topic: the events topic.
+        subscription: subscription name (durable; created at the earliest message).
+        subscription_type: ``KeyShared`` (default), ``Shared``, ``Failover`` or ``Exclusive``.
+        max_event_bytes: payloads above this size are dead-lettered as ``oversize``.
+        batch_size: messages taken per receive (at most).
+    """
+
+    def __init__(self, url: str, topic: str, subscription: str, subscription_type: str = "KeyShared",
+                 max_event_bytes: int = 16 * 1024, batch_size: int = 500) -> None:
+        self.url, self.topic, self.subscription = url, topic, subscription
+        self.subscription_type = subscription_type
+        self.max_event_bytes = max_event_bytes
+        self.batch_size = batch_size
+        self._client: pulsar.Client | None = None
+        self._consumer: Any = None
+        self._stopping = False
+
+    def _subscribe(self) -> None:
+        self._client = pulsar.Client(self.url, operation_timeout_seconds=30, logger=_quiet_logger())
+        self._consumer = self._client.subscribe(
+            self.topic,
+            self.subscription,
+            consumer_type=_CONSUMER_TYPES[self.subscription_type],
+            initial_position=pulsar.InitialPosition.Earliest,
+            receiver_queue_size=max(self.batch_size * 2, 1000),
+            negative_ack_redelivery_delay_ms=1000,
+            batch_receive_policy=pulsar.ConsumerBatchReceivePolicy(self.batch_size, 8 * 1024 * 1024, 100),
+        )
+
+    async def start(self) -> None:
+        """Connect and subscribe (in a thread: the Pulsar client blocks)."""
+        await asyncio.to_thread(self._subscribe)
+        log.info("pulsar adapter subscribed to %s as %s (%s)", self.topic, self.subscription, self.subscription_type)
+
+    async def stop(self) -> None:
+        """Close the consumer and the client; unacknowledged messages are redelivered later."""
+        self._stopping = True
+        client, self._client, self._consumer = self._client, None, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+
+    async def run(self, forward: Forward, dead_letter: DeadLetter) -> None:
+        """Move messages until :meth:`stop`; each batch is acknowledged once Kafka holds it all."""
+        consumer = self._consumer
+        while not self._stopping and consumer is not None:
+            messages = await asyncio.to_thread(consumer.batch_receive)
+            if not messages:
+                continue
+            EVENTS_RECEIVED.inc(len(messages))
+            pending = []
+            for message in messages:
+                payload = message.data()
+                try:
+                    event = decode_event(payload, self.max_event_bytes)
+                except InvalidEvent as exc:
+                    source = {"topic": self.topic, "messageId": str(message.message_id())}
+                    pending.append(await dead_letter(payload, exc, source))
+                else:
+                    pending.append(await forward(event.key, payload))
+            try:
+                await asyncio.gather(*pending)
+            except Exception:
+                log.exception("Kafka did not accept a batch of %d events; Pulsar will redeliver it", len(messages))
+                await asyncio.to_thread(_negative_ack, consumer, messages)
+                raise
+            await asyncio.to_thread(_ack, consumer, messages)
+            EVENTS_FORWARDED.inc(len(messages))
+
+
+def _ack(consumer: Any, messages: list[Any]) -> None:
+    for message in messages:
+        consumer.acknowledge(message)
+
+
+def _negative_ack(consumer: Any, messages: list[Any]) -> None:
+    for message in messages:
+        consumer.negative_acknowledge(message)
+
+
+def _quiet_logger() -> logging.Logger:
+    """The Pulsar C++ client logs every connection at INFO; route it to a WARNING-level logger."""
+    logger = logging.getLogger("pulsar.client")
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
+def ensure_subscription(url: str, topic: str, subscription: str, subscription_type: str = "KeyShared") -> None:
+    """Create a durable subscription at the earliest message, so events published before the
+    first worker starts are kept for it (Pulsar drops messages no subscription holds)."""
+    client = pulsar.Client(url, operation_timeout_seconds=30, logger=_quiet_logger())
+    try:
+        consumer = client.subscribe(topic, subscription, consumer_type=_CONSUMER_TYPES[subscription_type],
+                                    initial_position=pulsar.InitialPosition.Earliest)
+        consumer.close()
+    finally:
+        client.close()

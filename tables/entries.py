@@ -1,0 +1,138 @@
+"""The entries table: Pix key → :class:`EntryState`, changelog-backed in RocksDB (rocksdict).
+
+Beside the RocksDB rows the table keeps, per active partition, a :class:`VSyncLedger` with the
+XOR of that partition's active CIDs per (participant, key type). The ledger is derived state: it is
+rebuilt from the partition's rows whenever recovery completes, updated by the fold for every
+applied event, and can be recomputed and compared on demand (:meth:`EntriesTable.audit_ledgers`).
+It is never restored from anywhere else, so it cannot drift from the table (invariant I1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from vsync_stream.domain.fold import EntryState
+from vsync_stream.domain.vsync import VSyncLedger
+from vsync_stream.errors import StateNotReady
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """Derived state of one active partition: its ledger and the last source offset folded."""
+
+    ledger: VSyncLedger = field(default_factory=VSyncLedger)
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A consistent cut of the local partitions (invariant I4).
+
+    ``ledger`` combines every partition in ``offsets``; ``offsets`` maps partition → last offset of
+    the key-events topic folded into it (None when nothing was folded yet by this worker).
+    """
+
+    ledger: VSyncLedger
+    offsets: dict[int, int | None]
+
+
+class EntriesTable(faust.Table):  # type: ignore[misc]
+    """Faust table of entry states plus the per-partition VSync ledgers derived from it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.partition_states: dict[int, PartitionState] = {}
+        self.recovering = True
+
+    # -- rebalance and recovery -------------------------------------------------------------
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
+                           generation_id: int = 0) -> None:
+        """Drop the ledgers of revoked partitions; state is not served until recovery completes."""
+        self.recovering = True
+        for tp in revoked:
+            self.partition_states.pop(tp.partition, None)
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        """Rebuild the ledger of every active partition from its rows, then serve again."""
+        await super().on_recovery_completed(active_tps, standby_tps)
+        topics = self.changelog_topic.topics
+        actives = sorted({tp.partition for tp in active_tps if tp.topic in topics}
+                         | {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in topics})
+        rebuilt: dict[int, PartitionState] = {}
+        for partition in actives:
+            previous = self.partition_states.get(partition)
+            state = PartitionState(self.scan_partition(partition), previous.offset if previous else None)
+            rebuilt[partition] = state
+        self.partition_states = rebuilt
+        self.recovering = False
+        log.info("entries table ready: %d active partitions, ledgers rebuilt from the table", len(rebuilt))
+
+    # -- derived state ----------------------------------------------------------------------
+    def iter_partition(self, partition: int) -> Iterator[tuple[bytes, EntryState]]:
+        """Every row of one local partition as ``(pix_key_bytes, state)``."""
+        store = self.data
+        db = store._db_for_partition(partition)  # faust RocksDB store: one DB per partition
+        for key, value in store._visible_items(db):
+            yield key, EntryState.decode(value)
+
+    def partition_state(self, partition: int) -> PartitionState:
+        """The derived state of a local partition, rebuilt from its rows if not yet known."""
+        pstate = self.partition_states.get(partition)
+        if pstate is None:
+            pstate = self.partition_states[partition] = PartitionState(self.scan_partition(partition))
+        return pstate
+
+    def scan_partition(self, partition: int) -> VSyncLedger:
+        """Recompute a partition's ledger from its rows (O(rows))."""
+        ledger = VSyncLedger()
+        for _key, state in self.iter_partition(partition):
+            if state.cid is not None:
+                ledger.add(state.participant, state.key_type, state.cid)
+        return ledger
+
+    def audit_ledgers(self) -> list[int]:
+        """Recompute every local ledger from the table and repair any that differ.
+
+        Returns:
+            The partitions whose served ledger differed from the table (normally empty).
+        """
+        drifted = []
+        for partition, pstate in self.partition_states.items():
+            fresh = self.scan_partition(partition)
+            if fresh != pstate.ledger:
+                drifted.append(partition)
+                pstate.ledger = fresh
+        if drifted:
+            log.error("VSync ledger drifted from the entries table in partitions %s; repaired", drifted)
+        return drifted
+
+    def snapshot(self, required_partitions: int | None = None) -> Snapshot:
+        """Combine the local partitions into one ledger: the VSyncs this worker serves.
+
+        Args:
+            required_partitions: when given, every partition 0..N-1 must be local and recovered.
+
+        Raises:
+            StateNotReady: recovery or a rebalance is under way, or required partitions are not
+                local to this worker.
+        """
+        if self.recovering:
+            raise StateNotReady("table partitions are recovering; retry in a few seconds")
+        states = dict(self.partition_states)
+        if required_partitions is not None:
+            missing = sorted(set(range(required_partitions)) - set(states))
+            if missing:
+                raise StateNotReady(f"partitions {missing} are not assigned to this worker")
+        combined = VSyncLedger()
+        for pstate in states.values():
+            combined.merge(pstate.ledger)
+        return Snapshot(combined, {p: s.offset for p, s in sorted(states.items())})

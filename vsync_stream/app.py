@@ -1,0 +1,148 @@
+"""The composition root: builds the Faust app, its topics, table, agents, web view and clients.
+
+Nothing connects at import time. :func:`create_app` is the one place that reads settings into
+objects; the CLI (``vsync_stream.cli``) calls it and hands the Faust app to the Faust CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+import faust
+
+from vsync_stream.agents.fold import make_fold_agent
+from vsync_stream.agents.verify import register_verify_timer
+from vsync_stream.bridges.audit_store import AuditStore
+from vsync_stream.bridges.dict_bridge import BridgeClient
+from vsync_stream.bridges.pulsar_source import PulsarSource
+from vsync_stream.dead_letters import dead_letter_record
+from vsync_stream.errors import InvalidEvent
+from vsync_stream.names import ENTRIES_TABLE
+from vsync_stream.settings import Settings
+from vsync_stream.tables.entries import EntriesTable
+from vsync_stream.verification import Verifier
+from vsync_stream.web import register_views
+
+log = logging.getLogger(__name__)
+
+ADAPTER_RESTART_DELAY_S = 2.0
+
+
+class VsyncApp:
+    """Everything one worker runs, wired from one :class:`Settings`.
+
+    Attributes:
+        faust: the Faust app (``vsync-stream worker`` runs it).
+        key_events: Kafka topic of validated key events, keyed by Pix key.
+        dead_letters: Kafka topic of rejected events.
+        entries: the entries table with its per-partition VSync ledgers.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tokens = settings.tokens()
+        self.faust = faust.App(
+            settings.app_id,
+            broker=settings.kafka_broker_url,
+            store="rocksdict://",
+            datadir=str(settings.data_dir),
+            autodiscover=False,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            table_standby_replicas=settings.standby_replicas,
+            # Fast, still valid on real Kafka (minimum session timeout 6 s): see INFRA.md.
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=1.0,
+            broker_rebalance_timeout=10.0,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            producer_linger=0.005,
+            web_host=settings.web_host,
+            web_bind=settings.web_host,
+            web_port=settings.web_port,
+            web_in_thread=False,
+            timezone=None,
+        )
+        self.key_events = self.faust.topic(
+            settings.key_events_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=settings.partitions, internal=True)
+        self.dead_letters = self.faust.topic(
+            settings.dead_letter_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=1, internal=True, retention=timedelta(days=3650))
+        self.entries = EntriesTable(
+            self.faust, name=ENTRIES_TABLE, default=None, partitions=settings.partitions, key_type=str,
+            value_type=bytes, key_serializer="raw", value_serializer="raw", beacon=self.faust.tables.beacon)
+        self.faust.tables.add(self.entries)
+        self._bridge: BridgeClient | None = None
+        self._audit: AuditStore | None = None
+        self._verifier: Verifier | None = None
+
+        make_fold_agent(self.faust, self.key_events, self.dead_letters, self.entries, settings.max_event_bytes)
+        register_verify_timer(self)
+        register_views(self)
+        self.faust.task(self._start_clients)
+        if settings.adapter_enabled:
+            self.faust.task(self._run_adapter)
+
+    # -- clients, started with the worker ------------------------------------------------------
+    async def _start_clients(self) -> None:
+        audit = AuditStore(self.settings.postgres_dsn.get_secret_value())
+        await audit.start()
+        await audit.migrate()
+        bridge = BridgeClient(self.settings.bridge_target, deadline_s=self.settings.bridge_deadline_s,
+                              tls_ca=self.settings.bridge_tls_ca)
+        await bridge.start()
+        self._audit, self._bridge = audit, bridge
+        self._verifier = Verifier(lambda: self.entries.snapshot(required_partitions=self.settings.partitions),
+                                  bridge, audit, self.settings.participants, self.settings.key_types)
+        log.info("clients ready: audit store migrated, Bridge at %s", self.settings.bridge_target)
+
+    def audit(self) -> AuditStore:
+        """The audit store (started with the worker)."""
+        if self._audit is None:
+            from vsync_stream.errors import StateNotReady
+            raise StateNotReady("the audit store is still starting")
+        return self._audit
+
+    def verifier(self) -> Verifier:
+        """The verifier (ready once the Bridge client and the audit store started)."""
+        if self._verifier is None:
+            from vsync_stream.errors import StateNotReady
+            raise StateNotReady("the Bridge client and the audit store are still starting")
+        return self._verifier
+
+    # -- the Pulsar-to-stream adapter ----------------------------------------------------------
+    async def _forward(self, pix_key: str, payload: bytes) -> Any:
+        return await self.key_events.send(key=pix_key.encode("utf-8"), value=payload)
+
+    async def _dead_letter(self, payload: bytes, error: InvalidEvent, source: dict[str, Any]) -> Any:
+        record = dead_letter_record(payload, error, stage="adapter", source=source)
+        return await self.dead_letters.send(key=None, value=record)
+
+    async def _run_adapter(self) -> None:
+        """Run the adapter for the life of the worker; restart it after an infrastructure error."""
+        s = self.settings
+        await self.dead_letters.maybe_declare()
+        await self.key_events.maybe_declare()
+        while not self.faust.should_stop:
+            source = PulsarSource(s.pulsar_url, s.pulsar_topic, s.pulsar_subscription, s.pulsar_subscription_type,
+                                  s.max_event_bytes)
+            try:
+                await source.start()
+                await source.run(self._forward, self._dead_letter)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker trouble: log, back off, reconnect; nothing was acked
+                log.error("pulsar adapter stopped (%s: %s); restarting in %.0f s", type(exc).__name__, exc,
+                          ADAPTER_RESTART_DELAY_S)
+                await asyncio.sleep(ADAPTER_RESTART_DELAY_S)
+            finally:
+                await source.stop()
+
+
+def create_app(settings: Settings | None = None) -> VsyncApp:
+    """Build the worker from ``settings`` (read from the environment when None)."""
+    return VsyncApp(settings or Settings())

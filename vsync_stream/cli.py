@@ -1,0 +1,143 @@
+"""The ``vsync-stream`` command: the Faust CLI (``vsync-stream worker`` …) plus the product's own.
+
+Own commands are plain click commands added to Faust's command group, so they keep ordinary exit
+codes (a NOK verification exits 1) and do not start a Faust worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+from faust.cli.base import cli as faust_cli
+from pydantic import ValidationError
+
+from vsync_stream.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  VSYNC_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+        raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def print_results_table(rows: list[dict[str, Any]], out: Any = None) -> None:
+    """Print verification rows (camelCase dicts) as an aligned table."""
+    out = out or sys.stdout
+    header = f"{'participant':<12} {'keyType':<6} {'entries':>9}  {'vsync':<64}  result"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in rows:
+        print(f"{r['participant']:<12} {r['keyType']:<6} {r['entries']:>9}  {r['vsync']}  {r['result']}", file=out)
+
+
+async def request_verification(settings: Settings, url: str | None = None, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+    """Ask a running worker to verify now (``POST /verify``) and return its verification rows.
+
+    Raises:
+        click.ClickException: no token configured, the worker refused, or it cannot be reached.
+    """
+    import aiohttp
+
+    tokens = settings.tokens()
+    if not tokens:
+        raise click.ClickException("no API token configured: set VSYNC_API_TOKENS or VSYNC_API_TOKENS_FILE")
+    target = url or f"http://{settings.web_host}:{settings.web_port}"
+    headers = {"Authorization": f"Bearer {tokens[0]}"}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            for _attempt in range(30):
+                async with session.post(f"{target}/verify", headers=headers) as resp:
+                    body = await resp.json(content_type=None)
+                    if resp.status == 503:  # recovering: the worker says when to come back
+                        await asyncio.sleep(float(resp.headers.get("Retry-After", "2")))
+                        continue
+                    if resp.status != 200:
+                        raise click.ClickException(f"worker answered {resp.status}: {body.get('error', body)}")
+                    rows: list[dict[str, Any]] = body["verifications"]
+                    return rows
+            raise click.ClickException("worker stayed not ready (recovering) for too long")
+    except aiohttp.ClientError as exc:
+        raise click.ClickException(f"cannot reach the worker at {target} ({exc}); is `vsync-stream worker` running?") from exc
+
+
+@click.command("verify")
+@click.option("--url", default=None, help="Worker web view URL [default: http://VSYNC_WEB_HOST:VSYNC_WEB_PORT]")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def verify_command(url: str | None, as_json: bool) -> None:
+    """Verify every (participant, key type) with the DICT now, through a running worker.
+
+    Exits 0 when every pair is OK, 1 otherwise.
+    """
+    rows = asyncio.run(request_verification(_settings(), url))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_results_table(rows)
+    if any(r["result"] != "OK" for r in rows):
+        sys.exit(1)
+
+
+@click.command("migrate")
+def migrate_command() -> None:
+    """Create or upgrade the PostgreSQL audit schema."""
+    from vsync_stream.bridges.audit_store import AuditStore
+
+    async def run() -> int:
+        async with AuditStore(_settings().postgres_dsn.get_secret_value(), max_size=1) as store:
+            return await store.migrate()
+
+    click.echo(f"audit schema at version {asyncio.run(run())}")
+
+
+@click.command("cid")
+@click.argument("entry_file", type=click.File("rb"))
+def cid_command(entry_file: Any) -> None:
+    """Print the CID of an entry (JSON: a bare DICT entry or an event wrapping one; '-' reads stdin)."""
+    import orjson
+
+    from vsync_stream.domain.entry import Entry
+
+    try:
+        doc = orjson.loads(entry_file.read())
+        entry_doc = doc.get("entry", doc) if isinstance(doc, dict) else doc
+        entry = Entry.from_json(entry_doc)
+        click.echo(entry.cid)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise click.ClickException(f"not a DICT entry: {type(exc).__name__}: {exc}") from None
+
+
+@click.command("settings")
+def settings_command() -> None:
+    """List every setting with its environment variable, default and meaning."""
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "(secret)" if "dsn" in name or "token" in name else default
+        click.echo(f"VSYNC_{name.upper():<28} default={shown!s:<45} {field.description or ''}")
+
+
+def _register_own_commands() -> None:
+    from vsync_stream.demo import demo_command
+    from vsync_stream.simulator.cli import simulator_command
+
+    for command in (verify_command, migrate_command, cid_command, settings_command, simulator_command, demo_command):
+        if command.name not in faust_cli.commands:
+            faust_cli.add_command(command)
+
+
+def main() -> None:
+    """Entry point of the ``vsync-stream`` console script."""
+    _register_own_commands()
+    from vsync_stream.app import create_app
+
+    try:
+        settings = _settings()
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    create_app(settings).faust.main()

@@ -1,0 +1,106 @@
+"""The one frozen settings object of vsync-stream, read from ``VSYNC_*`` environment variables.
+
+Every field documents its environment variable; ``vsync-stream settings`` prints them all.
+Settings are read when the app is configured (``Settings()`` in the composition root), never at
+import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from vsync_stream.domain.keys import KEY_TYPES
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Configuration of a worker and of the operator commands (env prefix ``VSYNC_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="VSYNC_", frozen=True, extra="ignore")
+
+    # --- identity and topics (broker-visible names are schema: see vsync_stream.names) ---
+    app_id: str = Field("vsync-stream", description="Kafka consumer group and table-topic prefix [env: VSYNC_APP_ID]")
+    key_events_topic: str = Field("vsync-key-events", description="Kafka topic of validated key events, keyed by Pix key [env: VSYNC_KEY_EVENTS_TOPIC]")
+    dead_letter_topic: str = Field("vsync-dead-letters", description="Kafka topic of rejected events with their reason [env: VSYNC_DEAD_LETTER_TOPIC]")
+    partitions: int = Field(8, ge=1, le=1024, description="Partitions of the key-events topic and of the table changelogs [env: VSYNC_PARTITIONS]")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of the topics the product creates [env: VSYNC_REPLICATION_FACTOR]")
+    standby_replicas: int = Field(1, ge=0, description="Standby replicas kept of each table partition [env: VSYNC_STANDBY_REPLICAS]")
+
+    # --- external systems ---
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, host:port[,host:port] [env: VSYNC_KAFKA_BOOTSTRAP]")
+    pulsar_url: str = Field("pulsar://127.0.0.1:16650", description="Pulsar service URL [env: VSYNC_PULSAR_URL]")
+    pulsar_topic: str = Field("persistent://public/default/dict-events", description="Pulsar topic of the participant's key events [env: VSYNC_PULSAR_TOPIC]")
+    pulsar_subscription: str = Field("vsync-stream", description="Pulsar subscription name [env: VSYNC_PULSAR_SUBSCRIPTION]")
+    pulsar_subscription_type: Literal["KeyShared", "Shared", "Failover", "Exclusive"] = Field(
+        "KeyShared", description="Pulsar subscription type [env: VSYNC_PULSAR_SUBSCRIPTION_TYPE]")
+    adapter_enabled: bool = Field(True, description="Run the Pulsar-to-Kafka adapter inside the worker [env: VSYNC_ADAPTER_ENABLED]")
+    postgres_dsn: SecretStr = Field(SecretStr("postgresql://vsync:vsync@127.0.0.1:15432/vsync"),
+                                    description="PostgreSQL DSN of the audit store [env: VSYNC_POSTGRES_DSN]")
+    bridge_target: str = Field("127.0.0.1:15051", description="Bridge gRPC target host:port [env: VSYNC_BRIDGE_TARGET]")
+    bridge_deadline_s: float = Field(5.0, gt=0, description="Deadline of one Bridge call, seconds [env: VSYNC_BRIDGE_DEADLINE_S]")
+    bridge_tls_ca: Path | None = Field(None, description="PEM root certificate for TLS to the Bridge; unset = plaintext [env: VSYNC_BRIDGE_TLS_CA]")
+
+    # --- domain ---
+    participants: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["12345678"],
+        description="ISPBs verified by this worker: the direct participant and its indirect ones, comma-separated [env: VSYNC_PARTICIPANTS]")
+    max_event_bytes: int = Field(16 * 1024, ge=512, description="Largest event payload accepted, bytes [env: VSYNC_MAX_EVENT_BYTES]")
+
+    # --- verification ---
+    verify_cron: str = Field("0 3 * * *", description="Crontab of the scheduled verification [env: VSYNC_VERIFY_CRON]")
+    verify_timezone: str = Field("America/Sao_Paulo", description="Time zone of verify_cron [env: VSYNC_VERIFY_TIMEZONE]")
+
+    # --- worker and web view ---
+    data_dir: Path = Field(Path(".local/worker"), description="Directory of the RocksDB table state [env: VSYNC_DATA_DIR]")
+    web_host: str = Field("127.0.0.1", description="Address the web view binds [env: VSYNC_WEB_HOST]")
+    web_port: int = Field(16066, ge=1, le=65535, description="Port of the web view [env: VSYNC_WEB_PORT]")
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Bearer tokens allowed to change state or see personal data, comma-separated [env: VSYNC_API_TOKENS]")
+    api_tokens_file: Path | None = Field(None, description="File with one bearer token per line, added to api_tokens [env: VSYNC_API_TOKENS_FILE]")
+    log_level: str = Field("info", description="Log level of the worker [env: VSYNC_LOG_LEVEL]")
+
+    @field_validator("participants", mode="before")
+    @classmethod
+    def _split_participants(cls, value: object) -> object:
+        return _csv(value)
+
+    @field_validator("participants")
+    @classmethod
+    def _check_participants(cls, value: list[str]) -> list[str]:
+        for ispb in value:
+            if len(ispb) != 8 or not ispb.isdigit():
+                raise ValueError(f"participant {ispb!r} is not an 8-digit ISPB (keep leading zeros)")
+        if not value:
+            raise ValueError("at least one participant ISPB is needed")
+        return value
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        return _csv(value)
+
+    def tokens(self) -> list[str]:
+        """All accepted bearer tokens: ``api_tokens`` plus the lines of ``api_tokens_file``."""
+        found = [t.get_secret_value() for t in self.api_tokens]
+        if self.api_tokens_file is not None:
+            found += [ln.strip() for ln in self.api_tokens_file.read_text("utf-8").splitlines() if ln.strip()]
+        return found
+
+    @property
+    def kafka_broker_url(self) -> list[str]:
+        """Bootstrap servers as Faust broker URLs."""
+        return [f"kafka://{hp.strip()}" for hp in self.kafka_bootstrap.split(",") if hp.strip()]
+
+    @property
+    def key_types(self) -> tuple[str, ...]:
+        """The key types verified: all five (BCB DICT API)."""
+        return tuple(kt.value for kt in KEY_TYPES)

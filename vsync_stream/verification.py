@@ -1,0 +1,110 @@
+"""A verification round: send every (participant, key type) VSync to the DICT and record the answers.
+
+BCB DICT API, "Verificação de sincronismo": at least every 36 hours the participant sends, per key
+type, the VSync of its entries and the DICT answers OK or NOK. One round covers every configured
+participant (the direct participant and its indirect ones) × the five key types, from one
+consistent cut of the table (invariant I4: the offsets it reflects are recorded with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from vsync_stream.bridges.audit_store import VerificationRecord
+from vsync_stream.domain.vsync import vsync_hex
+from vsync_stream.errors import BridgeError
+from vsync_stream.metrics import LAST_OK, VERIFICATION_SECONDS, VERIFICATIONS
+from vsync_stream.tables.entries import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+class VerifyAnswer(Protocol):
+    result: str
+    verification_id: str
+
+
+class SyncVerifier(Protocol):
+    """The Bridge operation a round needs (``BridgeClient`` implements it)."""
+
+    async def verify_sync(self, participant: str, key_type: str, vsync: str) -> VerifyAnswer: ...
+
+
+class VerificationLog(Protocol):
+    """Where rounds are recorded (``AuditStore`` implements it)."""
+
+    async def record_verifications(self, records: list[VerificationRecord]) -> None: ...
+
+
+class Verifier:
+    """Runs verification rounds, one at a time.
+
+    Args:
+        snapshot: returns the consistent cut to verify; raises ``StateNotReady`` while recovering.
+        bridge: the Bridge client.
+        audit: the audit store.
+        participants: ISPBs to verify.
+        key_types: key types to verify (all five by default).
+    """
+
+    def __init__(self, snapshot: Callable[[], Snapshot], bridge: SyncVerifier, audit: VerificationLog,
+                 participants: Sequence[str], key_types: Sequence[str]) -> None:
+        self._snapshot = snapshot
+        self._bridge = bridge
+        self._audit = audit
+        self.participants = list(participants)
+        self.key_types = list(key_types)
+        self._lock = asyncio.Lock()
+
+    async def run(self, trigger: str) -> list[VerificationRecord]:
+        """Verify every (participant, key type) once and store the results.
+
+        Args:
+            trigger: why the round runs (``schedule``, ``web``, ``cli``…), stored with it.
+
+        Returns:
+            One record per pair; a Bridge failure for a pair is recorded as result ``ERROR``.
+
+        Raises:
+            StateNotReady: the table is recovering; nothing was sent to the DICT.
+        """
+        async with self._lock:
+            started = time.perf_counter()
+            cut = self._snapshot()
+            round_id = str(uuid.uuid4())
+            records = []
+            for participant in self.participants:
+                for key_type in self.key_types:
+                    records.append(await self._verify_pair(round_id, cut, participant, key_type, trigger))
+            await self._audit.record_verifications(records)
+            VERIFICATION_SECONDS.observe(time.perf_counter() - started)
+            nok = [f"{r.participant}/{r.key_type}" for r in records if r.result != "OK"]
+            log.info("verification round %s (%s): %d pairs, %d not OK %s", round_id, trigger, len(records),
+                     len(nok), nok)
+            return records
+
+    async def _verify_pair(self, round_id: str, cut: Snapshot, participant: str, key_type: str,
+                           trigger: str) -> VerificationRecord:
+        vsync = vsync_hex(cut.ledger.vsync(participant, key_type))
+        started_at = datetime.now(UTC)
+        verification_id: str | None = None
+        error: str | None = None
+        try:
+            answer = await self._bridge.verify_sync(participant, key_type, vsync)
+            result, verification_id = answer.result, answer.verification_id
+        except BridgeError as exc:
+            result, error = "ERROR", f"{type(exc).__name__}: {exc}"
+            log.warning("verification of %s/%s failed: %s", participant, key_type, error)
+        VERIFICATIONS.labels(participant=participant, key_type=key_type, result=result).inc()
+        if result == "OK":
+            LAST_OK.labels(participant=participant, key_type=key_type).set(time.time())
+        return VerificationRecord(
+            round_id=round_id, verification_id=verification_id, participant=participant, key_type=key_type,
+            vsync=vsync, entries=cut.ledger.count(participant, key_type), result=result, error=error,
+            trigger=trigger, offsets=cut.offsets, started_at=started_at, finished_at=datetime.now(UTC))

@@ -1,0 +1,111 @@
+"""Web view of a worker: VSync per (participant, key type), verifications, health, metrics.
+
+Reads are open for data that reveals no personal data (VSyncs, counts, results); anything that
+changes state (``POST /verify``) needs a bearer token from the settings, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from vsync_stream.errors import StateNotReady, VsyncError
+
+if TYPE_CHECKING:
+    from vsync_stream.app import VsyncApp
+
+RETRY_AFTER_S = "5"
+
+
+def bearer_allowed(request: Request, tokens: list[str]) -> bool:
+    """Tell whether the request carries one of ``tokens`` as ``Authorization: Bearer <token>``."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return False
+    supplied = given.strip().encode("utf-8")
+    allowed = False
+    for token in tokens:  # no early exit: the time taken does not tell which token nearly matched
+        allowed |= hmac.compare_digest(supplied, token.encode("utf-8"))
+    return allowed
+
+
+def _counter(name: str) -> int:
+    return int(REGISTRY.get_sample_value(name) or 0)
+
+
+def event_counts() -> dict[str, int]:
+    """Totals of this worker process: events received, forwarded, folded, duplicate, stale, dead-lettered."""
+    dead = sum(int(s.value) for m in REGISTRY.collect() if m.name == "vsync_dead_letters"
+               for s in m.samples if s.name == "vsync_dead_letters_total")
+    return {
+        "received": _counter("vsync_events_received_total"),
+        "forwarded": _counter("vsync_events_forwarded_total"),
+        "folded": _counter("vsync_events_folded_total"),
+        "duplicate": _counter("vsync_events_duplicate_total"),
+        "stale": _counter("vsync_events_stale_total"),
+        "deadLettered": dead,
+    }
+
+
+def register_views(vapp: VsyncApp) -> None:
+    """Add the web view's pages to the Faust app of ``vapp``."""
+    app = vapp.faust
+
+    def not_ready(view: View, exc: VsyncError) -> Response:
+        return view.json({"error": str(exc)}, status=503, headers={"Retry-After": RETRY_AFTER_S})
+
+    @app.page("/vsync")
+    async def vsync_view(self: View, request: Request) -> Response:
+        try:
+            cut = vapp.entries.snapshot()
+        except StateNotReady as exc:
+            return not_ready(self, exc)
+        latest = await vapp.audit().latest_per_pair()
+        rows: list[dict[str, Any]] = []
+        for participant in vapp.settings.participants:
+            for key_type in vapp.settings.key_types:
+                last = latest.get((participant, key_type))
+                rows.append({
+                    "participant": participant, "keyType": key_type,
+                    "entries": cut.ledger.count(participant, key_type),
+                    "vsync": f"{cut.ledger.vsync(participant, key_type):064x}",
+                    "lastVerification": None if last is None else {
+                        "result": last.result, "vsync": last.vsync, "at": last.finished_at.isoformat()},
+                })
+        return self.json({"vsync": rows, "offsets": {str(k): v for k, v in cut.offsets.items()}})
+
+    @app.page("/verifications")
+    async def verifications_view(self: View, request: Request) -> Response:
+        try:
+            limit = max(1, min(int(request.query.get("limit", "100")), 1000))
+        except ValueError:
+            return self.error(400, "limit must be an integer from 1 to 1000")
+        records = await vapp.audit().recent_verifications(limit)
+        return self.json({"verifications": [r.to_json() for r in records]})
+
+    class VerifyView(View):
+        async def post(self, request: Request) -> Response:
+            if not bearer_allowed(request, vapp.tokens):
+                return self.json({"error": "a valid bearer token is required"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+            try:
+                records = await vapp.verifier().run(trigger="web")
+            except StateNotReady as exc:
+                return not_ready(self, exc)
+            return self.json({"verifications": [r.to_json() for r in records]})
+
+    app.page("/verify")(VerifyView)
+
+    @app.page("/healthz")
+    async def health_view(self: View, request: Request) -> Response:
+        ready = not vapp.entries.recovering
+        return self.json({"status": "ok", "ready": ready, "partitions": sorted(vapp.entries.partition_states),
+                          "events": event_counts()}, status=200)
+
+    @app.page("/metrics")
+    async def metrics_view(self: View, request: Request) -> Response:
+        return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
