@@ -30,7 +30,8 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
             message = event.message
             try:
                 key_event = decode_event(event.value, max_event_bytes)
-                if event.key is not None and event.key != key_event.key.encode("utf-8"):
+                pix_key = key_event.key.encode("utf-8")
+                if event.key is not None and event.key != pix_key:
                     raise InvalidEvent("key_mismatch", "Kafka record key differs from the event's Pix key")
             except InvalidEvent as exc:
                 record = dead_letter_record(event.value or b"", exc, stage="fold", source={
@@ -38,7 +39,7 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
                 await dead_letters.send(key=event.key, value=record)
                 continue
             pstate = entries.partition_state(message.partition)
-            raw = entries.get(key_event.key)
+            raw = entries.get(pix_key)
             outcome = fold(EntryState.decode(raw) if raw is not None else None, key_event)
             if outcome.status is FoldStatus.STALE:
                 EVENTS_STALE.inc()
@@ -46,7 +47,7 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
                 # A duplicate is written again: if a crash lost the first changelog write, the
                 # replay must put it back, or a standby restoring from the changelog would differ.
                 assert outcome.state is not None
-                entries[key_event.key] = outcome.state.encode()
+                entries[pix_key] = outcome.state.encode()
                 if outcome.status is FoldStatus.DUPLICATE:
                     EVENTS_DUPLICATE.inc()
                 else:

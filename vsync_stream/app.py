@@ -47,7 +47,7 @@ class VsyncApp:
         self.faust = faust.App(
             settings.app_id,
             broker=settings.kafka_broker_url,
-            store="rocksdict://",
+            store="rocksdb://",  # faust's RocksDB store, driven by rocksdict (table option below)
             datadir=str(settings.data_dir),
             autodiscover=False,
             topic_partitions=settings.partitions,
@@ -73,8 +73,8 @@ class VsyncApp:
             settings.dead_letter_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
             value_serializer="raw", partitions=1, internal=True, retention=timedelta(days=3650))
         self.entries = EntriesTable(
-            self.faust, name=ENTRIES_TABLE, default=None, partitions=settings.partitions, key_type=str,
-            value_type=bytes, key_serializer="raw", value_serializer="raw", beacon=self.faust.tables.beacon)
+            self.faust, name=ENTRIES_TABLE, default=None, partitions=settings.partitions, key_type=bytes,
+            value_type=bytes, options={"driver": "rocksdict"}, beacon=self.faust.tables.beacon)
         self.faust.tables.add(self.entries)
         self._bridge: BridgeClient | None = None
         self._audit: AuditStore | None = None
@@ -93,7 +93,7 @@ class VsyncApp:
         await audit.start()
         await audit.migrate()
         bridge = BridgeClient(self.settings.bridge_target, deadline_s=self.settings.bridge_deadline_s,
-                              tls_ca=self.settings.bridge_tls_ca)
+                              root_cert_path=self.settings.bridge_tls_ca)
         await bridge.start()
         self._audit, self._bridge = audit, bridge
         self._verifier = Verifier(lambda: self.entries.snapshot(required_partitions=self.settings.partitions),
@@ -145,4 +145,6 @@ class VsyncApp:
 
 def create_app(settings: Settings | None = None) -> VsyncApp:
     """Build the worker from ``settings`` (read from the environment when None)."""
-    return VsyncApp(settings or Settings())
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    return VsyncApp(settings)

@@ -36,19 +36,20 @@ def print_results_table(rows: list[dict[str, Any]], out: Any = None) -> None:
         print(f"{r['participant']:<12} {r['keyType']:<6} {r['entries']:>9}  {r['vsync']}  {r['result']}", file=out)
 
 
-async def request_verification(settings: Settings, url: str | None = None, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+async def request_verification(target: str, token: str, timeout_s: float = 120.0) -> list[dict[str, Any]]:
     """Ask a running worker to verify now (``POST /verify``) and return its verification rows.
 
+    Args:
+        target: the worker's web view base URL, e.g. ``http://127.0.0.1:16066``.
+        token: a bearer token the worker accepts.
+        timeout_s: overall deadline, seconds.
+
     Raises:
-        click.ClickException: no token configured, the worker refused, or it cannot be reached.
+        click.ClickException: the worker refused, stayed not ready, or cannot be reached.
     """
     import aiohttp
 
-    tokens = settings.tokens()
-    if not tokens:
-        raise click.ClickException("no API token configured: set VSYNC_API_TOKENS or VSYNC_API_TOKENS_FILE")
-    target = url or f"http://{settings.web_host}:{settings.web_port}"
-    headers = {"Authorization": f"Bearer {tokens[0]}"}
+    headers = {"Authorization": f"Bearer {token}"}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
             for _attempt in range(30):
@@ -74,7 +75,11 @@ def verify_command(url: str | None, as_json: bool) -> None:
 
     Exits 0 when every pair is OK, 1 otherwise.
     """
-    rows = asyncio.run(request_verification(_settings(), url))
+    settings = _settings()
+    tokens = settings.tokens()
+    if not tokens:
+        raise click.ClickException("no API token configured: set VSYNC_API_TOKENS or VSYNC_API_TOKENS_FILE")
+    rows = asyncio.run(request_verification(url or f"http://{settings.web_host}:{settings.web_port}", tokens[0]))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

@@ -62,6 +62,12 @@ class BridgeNotFound(BridgeError):
     """The DICT has no such object (gRPC NOT_FOUND)."""
 
 
+class PublishFailed(VsyncError):
+    """Publishing to a broker failed (a send was not acknowledged, or the producer cannot start)."""
+
+    retriable = True
+
+
 class AuditStoreError(VsyncError):
     """The PostgreSQL audit store failed."""
 

@@ -1,0 +1,60 @@
+# vsync-stream — the two commands of the README are `make demo` and `make test`.
+# Everything they need (Python packages, Kafka, Pulsar, PostgreSQL) is set up by the targets here.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := deploy/local/stack
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# KEEP=1 leaves the local stack running after `make demo` / `make test`.
+KEEP ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: install proto stack-up stack-down stack-status demo test unit lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# Regenerate the committed gRPC code from bridges/proto (a test checks it is up to date).
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I bridges/proto --python_out=bridges/generated \
+	  --grpc_python_out=bridges/generated --pyi_out=bridges/generated bridges/proto/vsync_bridge.proto
+	sed -i 's/^import vsync_bridge_pb2 as/from vsync_stream.bridges.generated import vsync_bridge_pb2 as/' \
+	  bridges/generated/vsync_bridge_pb2_grpc.py
+
+stack-up: install
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status
+
+demo: install
+	$(STACK) up
+	set -a; source .local/stack.env; set +a; \
+	  rc=0; $(BIN)/vsync-stream demo $(DEMO_ARGS) || rc=$$?; \
+	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
+
+test: install
+	$(STACK) up
+	set -a; source .local/stack.env; set +a; \
+	  rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
+
+# Pure unit tests only: no broker needed.
+unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf .local/demo .local/worker demo-report.json .pytest_cache

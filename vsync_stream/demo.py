@@ -1,0 +1,218 @@
+"""``vsync-stream demo``: the main job end to end on the local stack, with a report.
+
+Starts the DICT simulator with a generated population, publishes the participant's key events to
+Pulsar as its connector would, runs a worker (a real ``vsync-stream worker`` process), waits until
+every event is folded, verifies every (participant, key type) through the Bridge, then changes one
+entry in the simulator behind the pipeline's back and shows NOK for exactly that pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pulsar
+import click
+from tqdm import tqdm
+
+from vsync_stream.bridges.audit_store import AuditStore
+from vsync_stream.bridges.pulsar_source import ensure_subscription
+from vsync_stream.cli import print_results_table, request_verification
+from vsync_stream.settings import Settings
+from vsync_stream.simulator.model import DictModel
+from vsync_stream.simulator.population import generate_entries, random_update_changes
+from vsync_stream.simulator.publisher import EventPublisher
+from vsync_stream.simulator.server import DictSimulator
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def worker_env(settings: Settings, run_id: str, bridge_port: int, web_port: int, token: str,
+               data_root: Path) -> dict[str, str]:
+    """Environment for a worker process of this demo run (unique topic and group names per run)."""
+    env = dict(os.environ)
+    env.update({
+        "VSYNC_APP_ID": f"vsync-demo-{run_id}",
+        "VSYNC_KEY_EVENTS_TOPIC": f"vsync-demo-{run_id}-key-events",
+        "VSYNC_DEAD_LETTER_TOPIC": f"vsync-demo-{run_id}-dead-letters",
+        "VSYNC_PULSAR_TOPIC": f"persistent://public/default/dict-events-demo-{run_id}",
+        "VSYNC_PULSAR_SUBSCRIPTION": f"vsync-demo-{run_id}",
+        "VSYNC_DATA_DIR": str(data_root / run_id),
+        "VSYNC_BRIDGE_TARGET": f"127.0.0.1:{bridge_port}",
+        "VSYNC_WEB_PORT": str(web_port),
+        "VSYNC_API_TOKENS": token,
+        "VSYNC_PARTICIPANTS": ",".join(settings.participants),
+        "VSYNC_STANDBY_REPLICAS": "0",
+    })
+    return env
+
+
+async def wait_until_folded(base_url: str, expected: int, worker: subprocess.Popen[bytes], log_path: Path,
+                            timeout_s: float) -> dict[str, int]:
+    """Poll the worker's /healthz until it has handled ``expected`` events, showing progress.
+
+    Raises:
+        click.ClickException: the worker died or the deadline passed (the message names its log).
+    """
+    deadline = time.monotonic() + timeout_s
+    done = 0
+    counts: dict[str, int] = {}
+    with tqdm(total=expected, desc="folding", unit="ev", file=sys.stdout, mininterval=1.0) as bar:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            while done < expected:
+                if worker.poll() is not None:
+                    raise click.ClickException(f"the worker exited with code {worker.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise click.ClickException(f"only {done}/{expected} events folded in {timeout_s:.0f} s; "
+                                               f"see {log_path}")
+                try:
+                    async with session.get(f"{base_url}/healthz") as resp:
+                        counts = (await resp.json())["events"]
+                except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+                    await asyncio.sleep(1)
+                    continue
+                handled = counts["folded"] + counts["duplicate"] + counts["stale"] + counts["deadLettered"]
+                bar.update(handled - done)
+                done = handled
+                await asyncio.sleep(0.5)
+    return counts
+
+
+async def run_demo(entries: int, updates: int, deletes: int, seed: int, report_path: Path, keep_running: bool,
+                   timeout_s: float) -> bool:
+    """Run the demo; return True when every row was OK and the divergence showed as NOK."""
+    settings = Settings()
+    run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+    token = secrets.token_urlsafe(24)
+    rng = random.Random(seed)
+    print(f"demo run {run_id}: participants {', '.join(settings.participants)}")
+
+    async with AuditStore(settings.postgres_dsn.get_secret_value(), max_size=1) as audit:
+        await audit.migrate()
+
+    model = DictModel()
+    simulator = DictSimulator(model)
+    bridge_port = await simulator.start("127.0.0.1", 0)
+    print(f"DICT simulator (gRPC Bridge) on 127.0.0.1:{bridge_port}")
+
+    events = []
+    population = list(tqdm(generate_entries(entries, settings.participants, seed=seed), total=entries,
+                           desc="population", unit="entry", file=sys.stdout, mininterval=1.0))
+    for entry in population:
+        events.append(model.create(entry))
+    for entry in rng.sample(population, updates):
+        events.append(model.update(entry.key, **random_update_changes(entry, rng)))
+    for entry in rng.sample(population, deletes):
+        events.append(model.delete(entry.key))
+
+    web_port = free_port()
+    data_root = Path(".local/demo").resolve()
+    env = worker_env(settings, run_id, bridge_port, web_port, token, data_root)
+    ensure_subscription(settings.pulsar_url, env["VSYNC_PULSAR_TOPIC"], env["VSYNC_PULSAR_SUBSCRIPTION"])
+    log_dir = Path(".local/logs").resolve()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"demo-worker-{run_id}.log"
+    with log_path.open("wb") as log_file:
+        worker = subprocess.Popen([sys.executable, "-m", "vsync_stream", "worker", "-l", "info"], env=env,
+                                  stdout=log_file, stderr=subprocess.STDOUT)
+    print(f"worker pid {worker.pid}, web view http://127.0.0.1:{web_port}, log {log_path}")
+    base_url = f"http://127.0.0.1:{web_port}"
+    try:
+        publisher = EventPublisher(settings.pulsar_url, env["VSYNC_PULSAR_TOPIC"],
+                                   batching_type=pulsar.BatchingType.KeyBased)
+        with tqdm(total=len(events), desc="publishing", unit="ev", file=sys.stdout, mininterval=1.0) as bar:
+            await publisher.start()
+            try:
+                step = 5000
+                for i in range(0, len(events), step):
+                    await publisher.publish_many(events[i:i + step])
+                    bar.update(len(events[i:i + step]))
+                await publisher.flush()
+            finally:
+                await publisher.stop()
+        counts = await wait_until_folded(base_url, len(events), worker, log_path, timeout_s)
+        print(f"folded: {counts}")
+
+        rows = await request_verification(base_url, token)
+        print_results_table(rows)
+        all_ok = all(r["result"] == "OK" for r in rows)
+
+        target = rng.choice([e for e in population if model.entry(e.key) is not None])
+        model.tamper_update(target.key, account_number=str(rng.randrange(10**9, 10**10)))
+        print(f"\nchanged one {target.key_type} entry of participant {target.participant} in the DICT "
+              "behind the pipeline's back; verifying again:")
+        rows_after = await request_verification(base_url, token)
+        print_results_table(rows_after)
+        nok = [(r["participant"], r["keyType"]) for r in rows_after if r["result"] != "OK"]
+        divergence_ok = nok == [(target.participant, target.key_type)]
+
+        report = {
+            "results": [{"participant": r["participant"], "keyType": r["keyType"], "entries": r["entries"],
+                         "vsync": r["vsync"], "result": r["result"]} for r in rows],
+            "divergence": {"participant": target.participant, "keyType": target.key_type,
+                           "result": next(r["result"] for r in rows_after
+                                          if (r["participant"], r["keyType"]) == (target.participant, target.key_type))},
+            "events": {"published": len(events), **counts},
+        }
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nreport written to {report_path}")
+        ok = all_ok and divergence_ok
+        print("DEMO OK: every pair OK, and the divergence shows as NOK for exactly that pair" if ok
+              else f"DEMO FAILED: all_ok={all_ok}, NOK pairs after the change: {nok}")
+        if keep_running:
+            print(f"keeping the worker and the simulator running (web view {base_url}, token {token}); Ctrl-C stops")
+            await _wait_forever()
+        return ok
+    finally:
+        _stop_worker(worker)
+        await simulator.stop()
+
+
+async def _wait_forever() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+@click.command("demo")
+@click.option("--entries", default=100_000, show_default=True, help="Entries in the simulator's population.")
+@click.option("--updates", default=10_000, show_default=True, help="Update events after the creations.")
+@click.option("--deletes", default=5_000, show_default=True, help="Delete events after the updates.")
+@click.option("--seed", default=20261129, show_default=True, help="Seed of the generated population.")
+@click.option("--report", "report_path", default="demo-report.json", show_default=True, type=click.Path(path_type=Path))
+@click.option("--keep-running", is_flag=True, help="Keep the worker and the simulator up after the demo.")
+@click.option("--timeout", "timeout_s", default=900.0, show_default=True, help="Seconds allowed for folding.")
+def demo_command(entries: int, updates: int, deletes: int, seed: int, report_path: Path, keep_running: bool,
+                 timeout_s: float) -> None:
+    """Run the main job end to end on the local stack and write demo-report.json."""
+    ok = asyncio.run(run_demo(entries, updates, deletes, seed, report_path, keep_running, timeout_s))
+    sys.exit(0 if ok else 1)
