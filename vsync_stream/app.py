@@ -17,10 +17,11 @@ from vsync_stream.agents.fold import make_fold_agent
 from vsync_stream.agents.verify import register_verify_timer
 from vsync_stream.bridges.audit_store import AuditStore
 from vsync_stream.bridges.dict_bridge import BridgeClient
+from vsync_stream.bridges.kafka_topics import ensure_topics, product_topics
 from vsync_stream.bridges.pulsar_source import PulsarSource
 from vsync_stream.dead_letters import dead_letter_record
 from vsync_stream.errors import InvalidEvent
-from vsync_stream.names import ENTRIES_TABLE
+from vsync_stream.names import ENTRIES_TABLE, changelog_topic
 from vsync_stream.settings import Settings
 from vsync_stream.tables.entries import EntriesTable
 from vsync_stream.verification import Verifier
@@ -29,6 +30,17 @@ from vsync_stream.web import register_views
 log = logging.getLogger(__name__)
 
 ADAPTER_RESTART_DELAY_S = 2.0
+
+
+class _FaustApp(faust.App):  # type: ignore[misc]
+    """Faust app that runs ``before_consuming`` hooks before its consumer subscribes."""
+
+    before_consuming: list[Any]
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        for hook in self.before_consuming:
+            await hook()
 
 
 class VsyncApp:
@@ -44,7 +56,7 @@ class VsyncApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.tokens = settings.tokens()
-        self.faust = faust.App(
+        self.faust = _FaustApp(
             settings.app_id,
             broker=settings.kafka_broker_url,
             store="rocksdb://",  # faust's RocksDB store, driven by rocksdict (table option below)
@@ -76,6 +88,7 @@ class VsyncApp:
             self.faust, name=ENTRIES_TABLE, default=None, partitions=settings.partitions, key_type=bytes,
             value_type=bytes, options={"driver": "rocksdict"}, beacon=self.faust.tables.beacon)
         self.faust.tables.add(self.entries)
+        self.faust.before_consuming = [self._ensure_topics]
         self._bridge: BridgeClient | None = None
         self._audit: AuditStore | None = None
         self._verifier: Verifier | None = None
@@ -86,6 +99,12 @@ class VsyncApp:
         self.faust.task(self._start_clients)
         if settings.adapter_enabled:
             self.faust.task(self._run_adapter)
+
+    async def _ensure_topics(self) -> None:
+        s = self.settings
+        specs = product_topics(s.key_events_topic, changelog_topic(self.faust.conf.id, ENTRIES_TABLE),
+                               s.dead_letter_topic, s.partitions)
+        await ensure_topics(s.kafka_bootstrap, specs, s.replication_factor)
 
     # -- clients, started with the worker ------------------------------------------------------
     async def _start_clients(self) -> None:
@@ -125,8 +144,6 @@ class VsyncApp:
     async def _run_adapter(self) -> None:
         """Run the adapter for the life of the worker; restart it after an infrastructure error."""
         s = self.settings
-        await self.dead_letters.maybe_declare()
-        await self.key_events.maybe_declare()
         while not self.faust.should_stop:
             source = PulsarSource(s.pulsar_url, s.pulsar_topic, s.pulsar_subscription, s.pulsar_subscription_type,
                                   s.max_event_bytes)

@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-import pulsar
 import click
+import pulsar
 from tqdm import tqdm
 
 from vsync_stream.bridges.audit_store import AuditStore
@@ -34,71 +29,13 @@ from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import generate_entries, random_update_changes
 from vsync_stream.simulator.publisher import EventPublisher
 from vsync_stream.simulator.server import DictSimulator
+from vsync_stream.worker_process import WorkerFailed, WorkerProcess, free_port, run_env
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def worker_env(settings: Settings, run_id: str, bridge_port: int, web_port: int, token: str,
-               data_root: Path) -> dict[str, str]:
-    """Environment for a worker process of this demo run (unique topic and group names per run)."""
-    env = dict(os.environ)
-    env.update({
-        "VSYNC_APP_ID": f"vsync-demo-{run_id}",
-        "VSYNC_KEY_EVENTS_TOPIC": f"vsync-demo-{run_id}-key-events",
-        "VSYNC_DEAD_LETTER_TOPIC": f"vsync-demo-{run_id}-dead-letters",
-        "VSYNC_PULSAR_TOPIC": f"persistent://public/default/dict-events-demo-{run_id}",
-        "VSYNC_PULSAR_SUBSCRIPTION": f"vsync-demo-{run_id}",
-        "VSYNC_DATA_DIR": str(data_root / run_id),
-        "VSYNC_BRIDGE_TARGET": f"127.0.0.1:{bridge_port}",
-        "VSYNC_WEB_PORT": str(web_port),
-        "VSYNC_API_TOKENS": token,
-        "VSYNC_PARTICIPANTS": ",".join(settings.participants),
-        "VSYNC_STANDBY_REPLICAS": "0",
-    })
-    return env
-
-
-async def wait_until_folded(base_url: str, expected: int, worker: subprocess.Popen[bytes], log_path: Path,
-                            timeout_s: float) -> dict[str, int]:
-    """Poll the worker's /healthz until it has handled ``expected`` events, showing progress.
-
-    Raises:
-        click.ClickException: the worker died or the deadline passed (the message names its log).
-    """
-    deadline = time.monotonic() + timeout_s
-    done = 0
-    counts: dict[str, int] = {}
-    with tqdm(total=expected, desc="folding", unit="ev", file=sys.stdout, mininterval=1.0) as bar:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            while done < expected:
-                if worker.poll() is not None:
-                    raise click.ClickException(f"the worker exited with code {worker.returncode}; see {log_path}")
-                if time.monotonic() > deadline:
-                    raise click.ClickException(f"only {done}/{expected} events folded in {timeout_s:.0f} s; "
-                                               f"see {log_path}")
-                try:
-                    async with session.get(f"{base_url}/healthz") as resp:
-                        counts = (await resp.json())["events"]
-                except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
-                    await asyncio.sleep(1)
-                    continue
-                handled = counts["folded"] + counts["duplicate"] + counts["stale"] + counts["deadLettered"]
-                bar.update(handled - done)
-                done = handled
-                await asyncio.sleep(0.5)
-    return counts
-
-
-async def run_demo(entries: int, updates: int, deletes: int, seed: int, report_path: Path, keep_running: bool,
-                   timeout_s: float) -> bool:
+async def run_demo(participants: list[str], entries: int, updates: int, deletes: int, seed: int, report_path: Path,
+                   keep_running: bool, timeout_s: float) -> bool:
     """Run the demo; return True when every row was OK and the divergence showed as NOK."""
-    settings = Settings()
+    settings = Settings(participants=participants)
     run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
     token = secrets.token_urlsafe(24)
     rng = random.Random(seed)
@@ -122,18 +59,13 @@ async def run_demo(entries: int, updates: int, deletes: int, seed: int, report_p
     for entry in rng.sample(population, deletes):
         events.append(model.delete(entry.key))
 
-    web_port = free_port()
-    data_root = Path(".local/demo").resolve()
-    env = worker_env(settings, run_id, bridge_port, web_port, token, data_root)
+    env = run_env(f"demo-{run_id}", bridge_target=f"127.0.0.1:{bridge_port}", participants=settings.participants,
+                  token=token, data_root=Path(".local/demo").resolve(), web_port=free_port())
     ensure_subscription(settings.pulsar_url, env["VSYNC_PULSAR_TOPIC"], env["VSYNC_PULSAR_SUBSCRIPTION"])
-    log_dir = Path(".local/logs").resolve()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"demo-worker-{run_id}.log"
-    with log_path.open("wb") as log_file:
-        worker = subprocess.Popen([sys.executable, "-m", "vsync_stream", "worker", "-l", "info"], env=env,
-                                  stdout=log_file, stderr=subprocess.STDOUT)
-    print(f"worker pid {worker.pid}, web view http://127.0.0.1:{web_port}, log {log_path}")
-    base_url = f"http://127.0.0.1:{web_port}"
+    worker = WorkerProcess(env, Path(f".local/logs/demo-worker-{run_id}.log").resolve())
+    worker.start()
+    base_url = worker.base_url
+    print(f"worker pid {worker.proc.pid if worker.proc else '?'}, web view {base_url}, log {worker.log_path}")
     try:
         publisher = EventPublisher(settings.pulsar_url, env["VSYNC_PULSAR_TOPIC"],
                                    batching_type=pulsar.BatchingType.KeyBased)
@@ -147,7 +79,10 @@ async def run_demo(entries: int, updates: int, deletes: int, seed: int, report_p
                 await publisher.flush()
             finally:
                 await publisher.stop()
-        counts = await wait_until_folded(base_url, len(events), worker, log_path, timeout_s)
+        try:
+            counts = await worker.wait_handled(len(events), timeout_s, progress=True)
+        except WorkerFailed as exc:
+            raise click.ClickException(str(exc)) from None
         print(f"folded: {counts}")
 
         rows = await request_verification(base_url, token)
@@ -181,7 +116,7 @@ async def run_demo(entries: int, updates: int, deletes: int, seed: int, report_p
             await _wait_forever()
         return ok
     finally:
-        _stop_worker(worker)
+        worker.stop()
         await simulator.stop()
 
 
@@ -193,17 +128,9 @@ async def _wait_forever() -> None:
     await stop.wait()
 
 
-def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-
-
 @click.command("demo")
+@click.option("--participants", default="12345678,00000208", show_default=True,
+              help="Comma-separated ISPBs of the direct participant and its indirect ones.")
 @click.option("--entries", default=100_000, show_default=True, help="Entries in the simulator's population.")
 @click.option("--updates", default=10_000, show_default=True, help="Update events after the creations.")
 @click.option("--deletes", default=5_000, show_default=True, help="Delete events after the updates.")
@@ -211,8 +138,9 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
 @click.option("--report", "report_path", default="demo-report.json", show_default=True, type=click.Path(path_type=Path))
 @click.option("--keep-running", is_flag=True, help="Keep the worker and the simulator up after the demo.")
 @click.option("--timeout", "timeout_s", default=900.0, show_default=True, help="Seconds allowed for folding.")
-def demo_command(entries: int, updates: int, deletes: int, seed: int, report_path: Path, keep_running: bool,
+def demo_command(participants: str, entries: int, updates: int, deletes: int, seed: int, report_path: Path, keep_running: bool,
                  timeout_s: float) -> None:
     """Run the main job end to end on the local stack and write demo-report.json."""
-    ok = asyncio.run(run_demo(entries, updates, deletes, seed, report_path, keep_running, timeout_s))
+    ispbs = [p.strip() for p in participants.split(",") if p.strip()]
+    ok = asyncio.run(run_demo(ispbs, entries, updates, deletes, seed, report_path, keep_running, timeout_s))
     sys.exit(0 if ok else 1)

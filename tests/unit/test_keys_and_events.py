@@ -82,6 +82,8 @@ BAD = [
     ("occurred_at_not_rfc3339_utc", orjson.dumps(event_doc(occurredAt="2026-13-29T03:00:00Z"))),
     ("email_not_lower_case", orjson.dumps(event_doc(entry__keyType="EMAIL", entry__key="A@b.com"))),
     ("evp_format", orjson.dumps(event_doc(entry__keyType="EVP", entry__key="not-a-uuid"))),
+    ("participant_not_8_digits", orjson.dumps(event_doc(entry__account__participant="12345678\n"))),
+    ("request_id_not_uuid", orjson.dumps(event_doc(entry__requestId="01020304-0506-0708-090a-0b0c0d0e0f10\n"))),
 ]
 
 

@@ -86,6 +86,7 @@ class EventPublisher:
         self._producer: pulsar.Producer | None = None
         self._cond = threading.Condition()
         self._in_flight = 0
+        self._waiters = 0  # threads blocked in _acquire or flush_sync
         self._errors: list[str] = []
         self.submitted = 0
         self.published = 0
@@ -170,40 +171,60 @@ class EventPublisher:
 
     def _acquire(self) -> None:
         with self._cond:
-            while self._in_flight >= self.max_in_flight:
-                self._cond.wait()
+            self._waiters += 1
+            try:
+                while self._in_flight >= self.max_in_flight:
+                    self._cond.wait()
+            finally:
+                self._waiters -= 1
             self._in_flight += 1
 
-    def _completed(self, ok: bool, error: str | None) -> None:
+    def _on_ack(self, result: pulsar.Result, _msg_id: Any) -> None:
+        """pulsar-client's send callback (runs on its I/O thread)."""
         with self._cond:
             self._in_flight -= 1
-            if ok:
+            if result == pulsar.Result.Ok:
                 self.published += 1
             else:
-                self.failed += 1
-                if len(self._errors) < _MAX_ERRORS_KEPT:
-                    self._errors.append(error or "unknown")
-            self._cond.notify_all()
+                self._failed(str(result))
+            if self._waiters:  # only a blocked publish or a flush waits; skip the notify otherwise
+                self._cond.notify_all()
+
+    def _failed(self, error: str) -> None:
+        # Called with self._cond held.
+        self.failed += 1
+        if len(self._errors) < _MAX_ERRORS_KEPT:
+            self._errors.append(error)
+
+    def _release(self, error: str | None) -> None:
+        """Give back the slot of a send that never reached the client; count it failed if ``error``."""
+        with self._cond:
+            self._in_flight -= 1
+            if error is not None:
+                self._failed(error)
+            if self._waiters:
+                self._cond.notify_all()
+
+    def _ack_then(self, on_done: Callable[[bool, str | None], None]) -> Callable[[pulsar.Result, Any], None]:
+        def callback(result: pulsar.Result, msg_id: Any) -> None:
+            self._on_ack(result, msg_id)
+            ok = result == pulsar.Result.Ok
+            on_done(ok, None if ok else str(result))
+
+        return callback
 
     def _submit(self, event: KeyEvent, on_done: Callable[[bool, str | None], None] | None = None) -> None:
-        """Send one event; a slot must be held. Called from any thread."""
+        """Send one event; a slot must be held (it is given back on failure). Called from any thread."""
         producer = self._producer
         if producer is None:
-            self._completed(False, "publisher not started")
+            self._release(None)
             raise PublishFailed("EventPublisher is not started: call start() or use a with block")
-
-        def callback(result: pulsar.Result, _msg_id: Any) -> None:
-            ok = result == pulsar.Result.Ok
-            error = None if ok else str(result)
-            self._completed(ok, error)
-            if on_done is not None:
-                on_done(ok, error)
-
+        callback = self._on_ack if on_done is None else self._ack_then(on_done)
         try:
             producer.send_async(encode_event(event), callback, partition_key=event.key,
                                 event_timestamp=event.occurred_at_ms)
         except Exception as exc:
-            self._completed(False, type(exc).__name__)
+            self._release(type(exc).__name__)
             raise PublishFailed(f"Pulsar refused a send on {self.topic}: {type(exc).__name__}") from exc
         self.submitted += 1
 
@@ -236,7 +257,12 @@ class EventPublisher:
             except Exception as exc:  # the failed sends also reach their callbacks
                 log.warning("Pulsar flush reported %s", type(exc).__name__)
         with self._cond:
-            if not self._cond.wait_for(lambda: self._in_flight == 0, timeout=timeout_s):
+            self._waiters += 1
+            try:
+                drained = self._cond.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
+            finally:
+                self._waiters -= 1
+            if not drained:
                 raise PublishFailed(f"{self._in_flight} sends still unacknowledged after {timeout_s} s")
             errors, failed = self._errors, self.failed
             self._errors, self.failed = [], 0

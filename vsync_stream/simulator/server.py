@@ -20,7 +20,8 @@ from typing import Any, Self
 
 import grpc
 
-from vsync_stream.bridges.dict_bridge import RETRY_AFTER_TRAILER, key_type_from_proto
+from vsync_stream.bridges.bridge_proto import key_type_from_proto
+from vsync_stream.bridges.dict_bridge import RETRY_AFTER_TRAILER
 from vsync_stream.bridges.generated import vsync_bridge_pb2 as pb
 from vsync_stream.bridges.generated import vsync_bridge_pb2_grpc as pb_grpc
 from vsync_stream.domain.keys import KeyType
