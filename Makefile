@@ -39,13 +39,13 @@ stack-status:
 
 demo: install
 	$(STACK) up
-	set -a; source .local/stack.env; set +a; \
+	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/vsync-stream demo $(DEMO_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 
 test: install
 	$(STACK) up
-	set -a; source .local/stack.env; set +a; \
+	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 

@@ -1,4 +1,4 @@
-"""Timer agent: the scheduled verification round, run by the consumer-group leader only."""
+"""Timer agents: the scheduled verification round (leader only) and the VSync ledger check (every worker)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def register_verify_timer(vapp: VsyncApp) -> None:
-    """Schedule ``verify_vsyncs`` on ``settings.verify_cron`` in ``settings.verify_timezone``.
+    """Schedule ``verify_vsyncs`` on ``settings.verify_cron`` in ``settings.verify_timezone``, and the
+    ledger check every ``settings.ledger_check_interval_s``.
 
     BACEN requires a verification at least every 36 hours and suggests off-peak hours; the default
     is 03:00 America/Sao_Paulo.
@@ -28,3 +29,9 @@ def register_verify_timer(vapp: VsyncApp) -> None:
             await vapp.verifier().run(trigger="schedule")
         except VsyncError as exc:  # keep the schedule alive; the failure is logged and counted
             log.error("scheduled verification failed: %s", exc)
+
+    @vapp.faust.timer(settings.ledger_check_interval_s)
+    async def check_vsync_ledgers() -> None:
+        """Recompute the served VSyncs from the entries table; a difference is reported and repaired."""
+        if not vapp.entries.recovering:
+            vapp.entries.audit_ledgers()

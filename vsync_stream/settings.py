@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     verify_cron: str = Field("0 3 * * *", description="Crontab of the scheduled verification [env: VSYNC_VERIFY_CRON]")
     verify_timezone: str = Field("America/Sao_Paulo", description="Time zone of verify_cron [env: VSYNC_VERIFY_TIMEZONE]")
 
+    ledger_check_interval_s: float = Field(3600.0, gt=0, description="Seconds between checks of the VSync ledgers against the entries table [env: VSYNC_LEDGER_CHECK_INTERVAL_S]")
+
     # --- worker and web view ---
     data_dir: Path = Field(Path(".local/worker"), description="Directory of the RocksDB table state [env: VSYNC_DATA_DIR]")
     web_host: str = Field("127.0.0.1", description="Address the web view binds [env: VSYNC_WEB_HOST]")

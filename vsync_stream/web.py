@@ -100,11 +100,26 @@ def register_views(vapp: VsyncApp) -> None:
 
     app.page("/verify")(VerifyView)
 
+    class LedgerCheckView(View):
+        async def post(self, request: Request) -> Response:
+            if not bearer_allowed(request, vapp.tokens):
+                return self.json({"error": "a valid bearer token is required"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+            if vapp.entries.recovering:
+                return not_ready(self, StateNotReady("table partitions are recovering"))
+            drifted = vapp.entries.audit_ledgers()
+            return self.json({"partitions": sorted(vapp.entries.partition_states), "drifted": drifted})
+
+    app.page("/ledger-check")(LedgerCheckView)
+
     @app.page("/healthz")
     async def health_view(self: View, request: Request) -> Response:
         ready = not vapp.entries.recovering
-        return self.json({"status": "ok", "ready": ready, "partitions": sorted(vapp.entries.partition_states),
-                          "events": event_counts()}, status=200)
+        entries = vapp.entries
+        return self.json({"status": "ok", "ready": ready, "partitions": sorted(entries.partition_states),
+                          "events": event_counts(),
+                          "ledger": {"checks": entries.checks, "drifted": entries.drift_events,
+                                     "lastDrift": entries.last_drift}}, status=200)
 
     @app.page("/metrics")
     async def metrics_view(self: View, request: Request) -> Response:

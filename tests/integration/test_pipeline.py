@@ -155,7 +155,14 @@ async def test_main_job_end_to_end(pipeline_factory: PipelineFactory, kafka_boot
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{pipeline.worker.base_url}/verifications?limit=20") as resp:
             history = (await resp.json())["verifications"]
+        # I1 on demand: the served ledgers equal a recomputation from the entries table.
+        async with session.post(f"{pipeline.worker.base_url}/ledger-check") as resp:
+            assert resp.status == 401
+        async with session.post(f"{pipeline.worker.base_url}/ledger-check",
+                                headers={"Authorization": f"Bearer {pipeline.token}"}) as resp:
+            check = await resp.json()
     assert len(history) == 20 and {h["result"] for h in history} == {"OK", "NOK"}
+    assert check["drifted"] == [] and len(check["partitions"]) == 4
 
 
 async def test_sigkill_mid_stream_and_restore_from_changelog_keep_the_vsync_exact(

@@ -59,7 +59,7 @@ def drain(consumer: pulsar.Consumer, count: int, timeout_ms: int = 20_000) -> li
     may come twice with the same id: the pipeline folds duplicates away, here they are skipped.
     """
     seen: set[str] = set()
-    messages = []
+    messages: list[pulsar.Message] = []
     while len(messages) < count:
         message = consumer.receive(timeout_ms)
         consumer.acknowledge(message)

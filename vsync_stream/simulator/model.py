@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from vsync_stream.domain.entry import Entry
 from vsync_stream.domain.events import KeyEvent
-from vsync_stream.domain.vsync import VSyncLedger, vsync_hex
+from vsync_stream.domain.vsync import VSyncLedger
+from vsync_stream.domain.vsync import vsync_hex as _hex
 
 Pair = tuple[str, str]  # (participant ISPB, key type)
 CidEventType = Literal["ADDED", "REMOVED"]
@@ -105,7 +106,7 @@ class DictModel:
 
     def vsync(self, participant: str, key_type: str) -> str:
         """The DICT's VSync of (participant, key type): 64 lower-case hex chars, zeros when empty."""
-        return vsync_hex(self._ledger.vsync(participant, key_type))
+        return _hex(self._ledger.vsync(participant, key_type))
 
     def count(self, participant: str, key_type: str) -> int:
         """The number of active entries of (participant, key type)."""
@@ -130,27 +131,27 @@ class DictModel:
         """The CID event log of (participant, key type), ascending by time (a copy)."""
         return list(self._log.get((participant, key_type), ()))
 
-    def verify(self, participant: str, key_type: str, vsync_hex_: str) -> bool:
+    def verify(self, participant: str, key_type: str, vsync_hex: str) -> bool:
         """Compare a participant's VSync with the DICT's own, without recording anything.
 
         Args:
             participant: ISPB, 8 digits.
             key_type: ``CPF``, ``CNPJ``, ``PHONE``, ``EMAIL`` or ``EVP``.
-            vsync_hex_: 64 hex chars, any case.
+            vsync_hex: 64 hex chars, any case.
 
         Returns:
             True when equal (the DICT would answer OK).
         """
-        return vsync_hex_.lower() == self.vsync(participant, key_type)
+        return vsync_hex.lower() == self.vsync(participant, key_type)
 
-    def check_sync(self, participant: str, key_type: str, vsync_hex_: str) -> Verification:
+    def check_sync(self, participant: str, key_type: str, vsync_hex: str) -> Verification:
         """Answer a sync verification as the DICT does, and record it (see :meth:`verifications`).
 
         Returns:
             The recorded verification, with a fresh id and ``"OK"``/``"NOK"``.
         """
-        result: Literal["OK", "NOK"] = "OK" if self.verify(participant, key_type, vsync_hex_) else "NOK"
-        record = Verification(str(uuid.uuid4()), participant, key_type, vsync_hex_.lower(), result,
+        result: Literal["OK", "NOK"] = "OK" if self.verify(participant, key_type, vsync_hex) else "NOK"
+        record = Verification(str(uuid.uuid4()), participant, key_type, vsync_hex.lower(), result,
                               self._clock_ms())
         self._verifications.append(record)
         return record
