@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
-from vsync_stream.tables.entries import EntriesTable
 
 from vsync_stream.dead_letters import dead_letter_record
 from vsync_stream.domain.events import decode_event
 from vsync_stream.domain.fold import EntryState, FoldStatus, fold
 from vsync_stream.errors import InvalidEvent
 from vsync_stream.metrics import EVENTS_DUPLICATE, EVENTS_FOLDED, EVENTS_STALE
+from vsync_stream.tables.entries import EntriesTable
 
 
 def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.TopicT, entries: EntriesTable,
