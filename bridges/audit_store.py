@@ -1,4 +1,4 @@
-"""PostgreSQL audit store (asyncpg): the durable record of every verification.
+"""PostgreSQL audit store (asyncpg): the durable record of every verification and reconciliation.
 
 The schema is created by :meth:`AuditStore.migrate` (``vsync-stream migrate``; the worker also runs
 it at start). Migrations are numbered, applied once each, in a transaction, under an advisory lock
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ _MIGRATIONS: list[str] = [
     """
     CREATE TABLE verifications (
         id              BIGSERIAL PRIMARY KEY,
+        app_id          TEXT NOT NULL,
         round_id        UUID NOT NULL,
         verification_id TEXT,
         participant     CHAR(8) NOT NULL,
@@ -36,7 +38,27 @@ _MIGRATIONS: list[str] = [
         started_at      TIMESTAMPTZ NOT NULL,
         finished_at     TIMESTAMPTZ NOT NULL
     );
-    CREATE INDEX verifications_pair_time ON verifications (participant, key_type, finished_at DESC);
+    CREATE INDEX verifications_pair_time ON verifications (app_id, participant, key_type, finished_at DESC);
+    """,
+    """
+    CREATE TABLE reconciliations (
+        id           UUID PRIMARY KEY,
+        app_id       TEXT NOT NULL,
+        participant  CHAR(8) NOT NULL,
+        key_type     TEXT NOT NULL,
+        trigger      TEXT NOT NULL,
+        path         TEXT NOT NULL,
+        attempts     INT NOT NULL,
+        added        BIGINT NOT NULL,
+        removed      BIGINT NOT NULL,
+        changed      BIGINT NOT NULL,
+        result       TEXT NOT NULL,
+        error        TEXT,
+        phases       JSONB NOT NULL,
+        started_at   TIMESTAMPTZ NOT NULL,
+        finished_at  TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX reconciliations_pair_time ON reconciliations (app_id, participant, key_type, finished_at DESC);
     """,
 ]
 _LOCK_ID = 0x7653594E43  # "vSYNC": advisory lock held while migrating
@@ -74,10 +96,14 @@ class VerificationRecord:
 
 
 class AuditStore:
-    """Pool-backed access to the audit tables. Use ``async with AuditStore(dsn) as store``."""
+    """Pool-backed access to the audit tables. Use ``async with AuditStore(dsn, app_id) as store``.
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 4) -> None:
+    Rows are scoped by ``app_id`` (the worker group), so several deployments can share a database.
+    """
+
+    def __init__(self, dsn: str, app_id: str = "vsync-stream", *, min_size: int = 1, max_size: int = 4) -> None:
         self._dsn = dsn
+        self.app_id = app_id
         self._min, self._max = min_size, max_size
         self._pool: asyncpg.Pool | None = None
 
@@ -133,24 +159,54 @@ class AuditStore:
 
     async def record_verifications(self, records: list[VerificationRecord]) -> None:
         """Store one verification round."""
-        rows = [(r.round_id, r.verification_id, r.participant, r.key_type, r.vsync, r.entries, r.result, r.error,
+        rows = [(self.app_id, r.round_id, r.verification_id, r.participant, r.key_type, r.vsync, r.entries, r.result, r.error,
                  r.trigger, json.dumps({str(k): v for k, v in r.offsets.items()}), r.started_at, r.finished_at)
                 for r in records]
         await self.pool.executemany(
-            "INSERT INTO verifications (round_id, verification_id, participant, key_type, vsync, entries, result,"
-            " error, trigger, offsets, started_at, finished_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12)", rows)
+            "INSERT INTO verifications (app_id, round_id, verification_id, participant, key_type, vsync, entries,"
+            " result, error, trigger, offsets, started_at, finished_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13)", rows)
 
     async def recent_verifications(self, limit: int = 100) -> list[VerificationRecord]:
         """The newest verifications first (at most ``limit``)."""
-        rows = await self.pool.fetch("SELECT * FROM verifications ORDER BY id DESC LIMIT $1", limit)
+        rows = await self.pool.fetch("SELECT * FROM verifications WHERE app_id = $1 ORDER BY id DESC LIMIT $2",
+                                     self.app_id, limit)
         return [_record(row) for row in rows]
+
+    async def last_ok(self, participant: str, key_type: str) -> datetime | None:
+        """When (participant, key type) was last verified OK, or None."""
+        value: datetime | None = await self.pool.fetchval(
+            "SELECT max(finished_at) FROM verifications"
+            " WHERE app_id = $1 AND participant = $2 AND key_type = $3 AND result = 'OK'",
+            self.app_id, participant, key_type)
+        return value
+
+    async def record_reconciliation(self, run: Any) -> None:
+        """Store a finished reconciliation run (a ``vsync_stream.reconciliation.Reconciliation``)."""
+        await self.pool.execute(
+            "INSERT INTO reconciliations (id, app_id, participant, key_type, trigger, path, attempts, added, removed,"
+            " changed, result, error, phases, started_at, finished_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15)"
+            " ON CONFLICT (id) DO NOTHING",
+            uuid.UUID(run.id), self.app_id, run.participant, run.key_type, run.trigger, run.path, run.attempts, run.added,
+            run.removed, run.changed, run.result or "ERROR", run.error, json.dumps(run.history), run.started_at,
+            run.finished_at)
+
+    async def recent_reconciliations(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest reconciliation runs first, as camelCase dicts."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM reconciliations WHERE app_id = $1 ORDER BY finished_at DESC LIMIT $2", self.app_id, limit)
+        return [{"id": str(r["id"]), "participant": r["participant"], "keyType": r["key_type"],
+                 "trigger": r["trigger"], "path": r["path"], "attempts": r["attempts"], "added": r["added"],
+                 "removed": r["removed"], "changed": r["changed"], "result": r["result"], "error": r["error"],
+                 "startedAt": r["started_at"].isoformat(), "finishedAt": r["finished_at"].isoformat()}
+                for r in rows]
 
     async def latest_per_pair(self) -> dict[tuple[str, str], VerificationRecord]:
         """The last verification of every (participant, key type)."""
         rows = await self.pool.fetch(
-            "SELECT DISTINCT ON (participant, key_type) * FROM verifications"
-            " ORDER BY participant, key_type, id DESC")
+            "SELECT DISTINCT ON (participant, key_type) * FROM verifications WHERE app_id = $1"
+            " ORDER BY participant, key_type, id DESC", self.app_id)
         return {(row["participant"], row["key_type"]): _record(row) for row in rows}
 
 

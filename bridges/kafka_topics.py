@@ -37,13 +37,17 @@ class TopicSpec:
     required: tuple[str, ...] = ()  # config keys whose value an existing topic must match
 
 
-def product_topics(key_events: str, changelog: str, dead_letters: str, partitions: int) -> list[TopicSpec]:
+def product_topics(key_events: str, changelog: str, dead_letters: str, partitions: int,
+                   core_notices: str | None = None) -> list[TopicSpec]:
     """The topics a worker needs, with their required shape."""
-    return [
+    specs = [
         TopicSpec(key_events, partitions),
         TopicSpec(changelog, partitions, {"cleanup.policy": "compact"}, required=("cleanup.policy",)),
         TopicSpec(dead_letters, 1, {"retention.ms": "-1"}),
     ]
+    if core_notices is not None:
+        specs.append(TopicSpec(core_notices, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}))
+    return specs
 
 
 async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1) -> None:

@@ -12,16 +12,19 @@ from datetime import timedelta
 from typing import Any
 
 import faust
+import orjson
 
 from vsync_stream.agents.fold import make_fold_agent
 from vsync_stream.agents.verify import register_verify_timer
-from vsync_stream.bridges.audit_store import AuditStore
+from vsync_stream.bridges.audit_store import AuditStore, VerificationRecord
 from vsync_stream.bridges.dict_bridge import BridgeClient
 from vsync_stream.bridges.kafka_topics import ensure_topics, product_topics
 from vsync_stream.bridges.pulsar_source import PulsarSource
 from vsync_stream.dead_letters import dead_letter_record
-from vsync_stream.errors import InvalidEvent
+from vsync_stream.domain.events import KeyEvent, encode_event
+from vsync_stream.errors import InvalidEvent, StateNotReady
 from vsync_stream.names import ENTRIES_TABLE, changelog_topic
+from vsync_stream.reconciliation import Reconciler
 from vsync_stream.settings import Settings
 from vsync_stream.tables.entries import EntriesTable
 from vsync_stream.verification import Verifier
@@ -81,6 +84,9 @@ class VsyncApp:
         self.key_events = self.faust.topic(
             settings.key_events_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
             value_serializer="raw", partitions=settings.partitions, internal=True)
+        self.core_notices = self.faust.topic(
+            settings.core_notices_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=1, internal=True)
         self.dead_letters = self.faust.topic(
             settings.dead_letter_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
             value_serializer="raw", partitions=1, internal=True, retention=timedelta(days=3650))
@@ -92,6 +98,7 @@ class VsyncApp:
         self._bridge: BridgeClient | None = None
         self._audit: AuditStore | None = None
         self._verifier: Verifier | None = None
+        self._reconciler: Reconciler | None = None
 
         make_fold_agent(self.faust, self.key_events, self.dead_letters, self.entries, settings.max_event_bytes)
         register_verify_timer(self)
@@ -103,33 +110,57 @@ class VsyncApp:
     async def _ensure_topics(self) -> None:
         s = self.settings
         specs = product_topics(s.key_events_topic, changelog_topic(self.faust.conf.id, ENTRIES_TABLE),
-                               s.dead_letter_topic, s.partitions)
+                               s.dead_letter_topic, s.partitions, s.core_notices_topic)
         await ensure_topics(s.kafka_bootstrap, specs, s.replication_factor)
 
     # -- clients, started with the worker ------------------------------------------------------
     async def _start_clients(self) -> None:
-        audit = AuditStore(self.settings.postgres_dsn.get_secret_value())
+        audit = AuditStore(self.settings.postgres_dsn.get_secret_value(), self.settings.app_id)
         await audit.start()
         await audit.migrate()
         bridge = BridgeClient(self.settings.bridge_target, deadline_s=self.settings.bridge_deadline_s,
                               root_cert_path=self.settings.bridge_tls_ca)
         await bridge.start()
         self._audit, self._bridge = audit, bridge
+        self._reconciler = Reconciler(
+            self.entries, bridge, verify_pair=self._verify_pair, last_ok=audit.last_ok, send_event=self._send_correction,
+            send_notice=self._send_notice, record=audit.record_reconciliation, workdir=self.settings.reconcile_workdir)
+        on_not_ok = self._start_reconciliation if self.settings.auto_reconcile else None
         self._verifier = Verifier(lambda: self.entries.snapshot(required_partitions=self.settings.partitions),
-                                  bridge, audit, self.settings.participants, self.settings.key_types)
+                                  bridge, audit, self.settings.participants, self.settings.key_types, on_not_ok)
         log.info("clients ready: audit store migrated, Bridge at %s", self.settings.bridge_target)
 
     def audit(self) -> AuditStore:
         """The audit store (started with the worker)."""
         if self._audit is None:
-            from vsync_stream.errors import StateNotReady
             raise StateNotReady("the audit store is still starting")
         return self._audit
+
+    def reconciler(self) -> Reconciler:
+        """The reconciler (ready once the Bridge client and the audit store started)."""
+        if self._reconciler is None:
+            raise StateNotReady("the Bridge client and the audit store are still starting")
+        return self._reconciler
+
+    def _start_reconciliation(self, record: VerificationRecord) -> None:
+        if record.trigger != "reconciliation":
+            self.reconciler().start(record.participant, record.key_type, trigger=f"nok:{record.round_id}")
+
+    async def _verify_pair(self, participant: str, key_type: str) -> str:
+        records = await self.verifier().run("reconciliation", [(participant, key_type)])
+        return records[0].result
+
+    async def _send_correction(self, event: KeyEvent) -> None:
+        fut = await self.key_events.send(key=event.key.encode("utf-8"), value=encode_event(event))
+        await fut
+
+    async def _send_notice(self, notice: dict[str, Any]) -> None:
+        fut = await self.core_notices.send(key=str(notice["key"]).encode("utf-8"), value=orjson.dumps(notice))
+        await fut
 
     def verifier(self) -> Verifier:
         """The verifier (ready once the Bridge client and the audit store started)."""
         if self._verifier is None:
-            from vsync_stream.errors import StateNotReady
             raise StateNotReady("the Bridge client and the audit store are still starting")
         return self._verifier
 

@@ -88,6 +88,70 @@ def verify_command(url: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+async def run_reconciliation(target: str, token: str, participant: str, key_type: str, progress: bool = True,
+                             timeout_s: float = 3600.0) -> dict[str, Any]:
+    """Ask a running worker to reconcile one pair and follow it to the end, with a progress bar.
+
+    Returns:
+        The finished run (camelCase JSON: path, counts added/removed/changed, result).
+
+    Raises:
+        click.ClickException: the worker refused, or the run did not finish within ``timeout_s``.
+    """
+    import aiohttp
+    from tqdm import tqdm
+
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        try:
+            async with session.post(f"{target}/reconcile", headers=headers,
+                                    json={"participant": participant, "keyType": key_type}) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status != 202:
+                    raise click.ClickException(f"worker answered {resp.status}: {body.get('error', body)}")
+        except aiohttp.ClientError as exc:
+            raise click.ClickException(f"cannot reach the worker at {target} ({exc})") from exc
+        run_id = body["id"]
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        phase = None
+        with tqdm(total=0, desc="starting", file=sys.stderr, disable=not progress, mininterval=0.5) as bar:
+            while True:
+                async with session.get(f"{target}/reconciliations/{run_id}") as resp:
+                    run: dict[str, Any] = await resp.json(content_type=None)
+                if run.get("phase") != phase:
+                    phase = run.get("phase")
+                    bar.reset(total=run["progress"]["total"] or None)
+                    bar.set_description(str(phase))
+                bar.n = run["progress"]["done"]
+                bar.refresh()
+                if run.get("finishedAt"):
+                    return run
+                if asyncio.get_running_loop().time() > deadline:
+                    raise click.ClickException(f"reconciliation {run_id} still running after {timeout_s:.0f} s")
+                await asyncio.sleep(0.5)
+
+
+@click.command("reconcile")
+@click.option("--participant", required=True, help="ISPB of the pair to reconcile.")
+@click.option("--key-type", "key_type", required=True, type=click.Choice(["CPF", "CNPJ", "PHONE", "EMAIL", "EVP"]))
+@click.option("--url", default=None, help="Worker web view URL [default: http://VSYNC_WEB_HOST:VSYNC_WEB_PORT]")
+def reconcile_command(participant: str, key_type: str, url: str | None) -> None:
+    """Reconcile one (participant, key type) with the DICT now, through a running worker.
+
+    Shows the progress of each phase; exits 0 when the DICT answers OK afterwards, 1 otherwise.
+    """
+    settings = _settings()
+    tokens = settings.tokens()
+    if not tokens:
+        raise click.ClickException("no API token configured: set VSYNC_API_TOKENS or VSYNC_API_TOKENS_FILE")
+    target = url or f"http://{settings.web_host}:{settings.web_port}"
+    run = asyncio.run(run_reconciliation(target, tokens[0], participant, key_type))
+    click.echo(f"reconciliation {run['id']}: path {run['path']}, added {run['added']}, removed {run['removed']}, "
+               f"changed {run['changed']}, result {run['result']}" + (f" ({run['error']})" if run["error"] else ""))
+    if run["result"] != "OK":
+        sys.exit(1)
+
+
 @click.command("migrate")
 def migrate_command() -> None:
     """Create or upgrade the PostgreSQL audit schema."""
@@ -130,7 +194,8 @@ def _register_own_commands() -> None:
     from vsync_stream.demo import demo_command
     from vsync_stream.simulator.cli import simulator_command
 
-    for command in (verify_command, migrate_command, cid_command, settings_command, simulator_command, demo_command):
+    for command in (verify_command, reconcile_command, migrate_command, cid_command, settings_command,
+                    simulator_command, demo_command):
         if command.name not in faust_cli.commands:
             faust_cli.add_command(command)
 

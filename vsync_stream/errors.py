@@ -43,7 +43,16 @@ class StateNotReady(VsyncError):
 
 
 class BridgeError(VsyncError):
-    """The Bridge (the participant's gRPC gateway to the DICT) answered with an error."""
+    """The Bridge (the participant's gRPC gateway to the DICT) answered with an error.
+
+    Attributes:
+        status_code: the gRPC status code (a ``grpc.StatusCode``) when the error came from a call,
+            else None. Typed loosely so this module stays free of gRPC imports.
+        retry_after_s: the server's hint of when to try again, seconds (RESOURCE_EXHAUSTED), or None.
+    """
+
+    status_code: object | None = None
+    retry_after_s: float | None = None
 
 
 class BridgeUnavailable(BridgeError):
@@ -60,6 +69,20 @@ class RateLimited(BridgeError):
 
 class BridgeNotFound(BridgeError):
     """The DICT has no such object (gRPC NOT_FOUND)."""
+
+
+class CidFileCorrupt(BridgeError):
+    """A downloaded CID file does not match its announced byte size or SHA-256, or has a bad line.
+
+    Retriable: the copy on the DICT's side may be fine and the next download good; download it
+    again (and request a new file if it keeps failing).
+    """
+
+    retriable = True
+
+
+class CidFileFailed(BridgeError):
+    """The DICT ended a CID file job as ERROR or UNAVAILABLE; request a new file."""
 
 
 class PublishFailed(VsyncError):

@@ -15,3 +15,7 @@ VERIFICATION_SECONDS = Histogram("vsync_verification_duration_seconds", "Duratio
 LAST_OK = Gauge("vsync_last_ok_timestamp_seconds", "Unix time of the last OK", ["participant", "key_type"])
 ENTRIES = Gauge("vsync_entries", "Active entries held by this worker", ["participant", "key_type"])
 LEDGER_DRIFT = Counter("vsync_ledger_drift_total", "Partitions whose VSync ledger differed from the table")
+RECONCILIATIONS = Counter("vsync_reconciliations_total", "Reconciliation runs by path and result", ["path", "result"])
+RECONCILIATION_SECONDS = Histogram("vsync_reconciliation_duration_seconds", "Duration of one reconciliation run",
+                                   buckets=(1, 5, 15, 30, 60, 120, 300, 900, 3600))
+CORRECTIONS = Counter("vsync_corrections_total", "Corrections made by reconciliation", ["kind"])

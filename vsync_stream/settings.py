@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     app_id: str = Field("vsync-stream", description="Kafka consumer group and table-topic prefix [env: VSYNC_APP_ID]")
     key_events_topic: str = Field("vsync-key-events", description="Kafka topic of validated key events, keyed by Pix key [env: VSYNC_KEY_EVENTS_TOPIC]")
     dead_letter_topic: str = Field("vsync-dead-letters", description="Kafka topic of rejected events with their reason [env: VSYNC_DEAD_LETTER_TOPIC]")
+    core_notices_topic: str = Field("vsync-core-notices", description="Kafka topic of correction notices for the participant's core system [env: VSYNC_CORE_NOTICES_TOPIC]")
     partitions: int = Field(8, ge=1, le=1024, description="Partitions of the key-events topic and of the table changelogs [env: VSYNC_PARTITIONS]")
     replication_factor: int = Field(1, ge=1, description="Replication factor of the topics the product creates [env: VSYNC_REPLICATION_FACTOR]")
     standby_replicas: int = Field(1, ge=0, description="Standby replicas kept of each table partition [env: VSYNC_STANDBY_REPLICAS]")
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
     verify_timezone: str = Field("America/Sao_Paulo", description="Time zone of verify_cron [env: VSYNC_VERIFY_TIMEZONE]")
 
     ledger_check_interval_s: float = Field(3600.0, gt=0, description="Seconds between checks of the VSync ledgers against the entries table [env: VSYNC_LEDGER_CHECK_INTERVAL_S]")
+
+    auto_reconcile: bool = Field(True, description="Reconcile a (participant, key type) as soon as a verification answers NOK [env: VSYNC_AUTO_RECONCILE]")
+    reconcile_workdir: Path | None = Field(None, description="Directory for CID files and diff buckets; system temp when unset [env: VSYNC_RECONCILE_WORKDIR]")
 
     # --- worker and web view ---
     data_dir: Path = Field(Path(".local/worker"), description="Directory of the RocksDB table state [env: VSYNC_DATA_DIR]")

@@ -51,22 +51,26 @@ class Verifier:
         audit: the audit store.
         participants: ISPBs to verify.
         key_types: key types to verify (all five by default).
+        on_not_ok: called with each NOK record after a round (e.g. to start a reconciliation).
     """
 
     def __init__(self, snapshot: Callable[[], Snapshot], bridge: SyncVerifier, audit: VerificationLog,
-                 participants: Sequence[str], key_types: Sequence[str]) -> None:
+                 participants: Sequence[str], key_types: Sequence[str],
+                 on_not_ok: Callable[[VerificationRecord], None] | None = None) -> None:
         self._snapshot = snapshot
         self._bridge = bridge
         self._audit = audit
         self.participants = list(participants)
         self.key_types = list(key_types)
         self._lock = asyncio.Lock()
+        self._on_not_ok = on_not_ok
 
-    async def run(self, trigger: str) -> list[VerificationRecord]:
-        """Verify every (participant, key type) once and store the results.
+    async def run(self, trigger: str, pairs: Sequence[tuple[str, str]] | None = None) -> list[VerificationRecord]:
+        """Verify every (participant, key type) once — or only ``pairs`` — and store the results.
 
         Args:
-            trigger: why the round runs (``schedule``, ``web``, ``cli``…), stored with it.
+            trigger: why the round runs (``schedule``, ``web``, ``reconciliation``…), stored with it.
+            pairs: the (participant, key type) pairs to verify; all configured pairs when None.
 
         Returns:
             One record per pair; a Bridge failure for a pair is recorded as result ``ERROR``.
@@ -78,13 +82,16 @@ class Verifier:
             started = time.perf_counter()
             cut = self._snapshot()
             round_id = str(uuid.uuid4())
-            records = []
-            for participant in self.participants:
-                for key_type in self.key_types:
-                    records.append(await self._verify_pair(round_id, cut, participant, key_type, trigger))
+            if pairs is None:
+                pairs = [(p, t) for p in self.participants for t in self.key_types]
+            records = [await self._verify_pair(round_id, cut, p, t, trigger) for p, t in pairs]
             await self._audit.record_verifications(records)
             VERIFICATION_SECONDS.observe(time.perf_counter() - started)
             nok = [f"{r.participant}/{r.key_type}" for r in records if r.result != "OK"]
+            if self._on_not_ok is not None:
+                for record in records:
+                    if record.result == "NOK":
+                        self._on_not_ok(record)
             log.info("verification round %s (%s): %d pairs, %d not OK %s", round_id, trigger, len(records),
                      len(nok), nok)
             return records

@@ -1,4 +1,4 @@
-"""Web view of a worker: VSync per (participant, key type), verifications, health, metrics.
+"""Web view of a worker: VSyncs, verifications, reconciliations, health, metrics.
 
 Reads are open for data that reveals no personal data (VSyncs, counts, results); anything that
 changes state (``POST /verify``) needs a bearer token from the settings, compared in constant time.
@@ -7,6 +7,7 @@ changes state (``POST /verify``) needs a bearer token from the settings, compare
 from __future__ import annotations
 
 import hmac
+import json
 from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from vsync_stream.app import VsyncApp
 
 RETRY_AFTER_S = "5"
+MAX_BODY_BYTES = 4096
 
 
 def bearer_allowed(request: Request, tokens: list[str]) -> bool:
@@ -111,6 +113,49 @@ def register_views(vapp: VsyncApp) -> None:
             return self.json({"partitions": sorted(vapp.entries.partition_states), "drifted": drifted})
 
     app.page("/ledger-check")(LedgerCheckView)
+
+    class ReconcileView(View):
+        async def post(self, request: Request) -> Response:
+            if not bearer_allowed(request, vapp.tokens):
+                return self.json({"error": "a valid bearer token is required"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+            body = await request.content.read(MAX_BODY_BYTES + 1)
+            if len(body) > MAX_BODY_BYTES:
+                return self.error(413, f"request body over {MAX_BODY_BYTES} bytes")
+            try:
+                doc = json.loads(body or b"{}")
+                participant, key_type = str(doc["participant"]), str(doc["keyType"])
+            except (ValueError, KeyError, TypeError):
+                return self.error(400, 'body must be JSON {"participant": "<ISPB>", "keyType": "<key type>"}')
+            if participant not in vapp.settings.participants or key_type not in vapp.settings.key_types:
+                return self.error(400, f"unknown pair {participant}/{key_type}: participants are "
+                                       f"{vapp.settings.participants}, key types {list(vapp.settings.key_types)}")
+            try:
+                run = vapp.reconciler().start(participant, key_type, trigger="web")
+            except StateNotReady as exc:
+                return not_ready(self, exc)
+            return self.json(run.to_json(), status=202)
+
+    app.page("/reconcile")(ReconcileView)
+
+    @app.page("/reconciliations")
+    async def reconciliations_view(self: View, request: Request) -> Response:
+        try:
+            reconciler = vapp.reconciler()
+        except StateNotReady as exc:
+            return not_ready(self, exc)
+        running = [run.to_json() for run in reconciler.running()]
+        return self.json({"running": running, "recent": await vapp.audit().recent_reconciliations(50)})
+
+    @app.page("/reconciliations/{run_id}")
+    async def reconciliation_view(self: View, request: Request, run_id: str) -> Response:
+        try:
+            run = vapp.reconciler().runs.get(run_id)
+        except StateNotReady as exc:
+            return not_ready(self, exc)
+        if run is None:
+            return self.error(404, "no such reconciliation on this worker")
+        return self.json(run.to_json())
 
     @app.page("/healthz")
     async def health_view(self: View, request: Request) -> Response:

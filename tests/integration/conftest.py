@@ -99,13 +99,14 @@ async def pipeline_factory(kafka_bootstrap: str, pulsar_url: str, postgres_dsn: 
     made: list[Pipeline] = []
 
     async def make(participants: list[str] | None = None, partitions: int = 4, start: bool = True,
-                   env_extra: dict[str, str] | None = None) -> Pipeline:
+                   env_extra: dict[str, str] | None = None, dict_limits: bool = False) -> Pipeline:
         participants = participants or ["12345678", "00000208"]
         run_id = f"test-{uuid.uuid4().hex[:10]}"
         model = DictModel()
         # The DICT's own limits would make a test wait minutes; relax them (their enforcement is
-        # tested in test_bridge_grpc.py).
-        simulator = DictSimulator(model, rate_limits={"VerifySync": TokenBucket.per_minute(6000, 1000)})
+        # tested in test_bridge_grpc.py) unless the test is about them (``dict_limits``).
+        limits = None if dict_limits else {"VerifySync": TokenBucket.per_minute(6000, 1000)}
+        simulator = DictSimulator(model, rate_limits=limits)
         port = await simulator.start("127.0.0.1", 0)
         token = secrets.token_urlsafe(16)
         env = run_env(run_id, bridge_target=f"127.0.0.1:{port}", participants=participants, token=token,

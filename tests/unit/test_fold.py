@@ -104,3 +104,28 @@ def test_entry_state_encoding_round_trips() -> None:
     tomb = replace(state, cid=None, request_id=None, version=None)
     assert EntryState.decode(tomb.encode()) == tomb
     assert isinstance(orjson.loads(state.encode()), list)
+
+
+def test_corrective_events_beat_the_table_but_not_later_dict_events() -> None:
+    from vsync_stream.domain.reconcile import Correction, CorrectionKind, corrective_event, plan_corrections
+
+    create = ev(version=7, ms=500)
+    stored = fold(None, create).state
+    assert stored is not None and create.entry is not None
+    remove = Correction(CorrectionKind.REMOVE, create.key, "PHONE", P1, stored.cid, None, None)
+    fix = corrective_event(remove, stored, now_ms=100)  # a clock behind the event still wins
+    assert fold(stored, fix).status is FoldStatus.APPLIED and fold(stored, fix).removed == (P1, "PHONE", stored.cid)
+    later = ev("key.updated", version=8, account="5", ms=0)
+    assert fold(fold(stored, fix).state, later).status is FoldStatus.APPLIED
+
+    plan = plan_corrections(P1, "PHONE", {"c1": create.entry}, {"c0": create.key, "c9": "+5511900000000"})
+    assert [(c.kind, c.key) for c in plan] == [(CorrectionKind.REMOVE, "+5511900000000"),
+                                                (CorrectionKind.REPLACE, create.key)]
+
+
+def test_net_cid_changes_keeps_the_last_word_per_cid() -> None:
+    from vsync_stream.domain.reconcile import net_cid_changes
+
+    added, removed = net_cid_changes([("A", "ADDED"), ("b", "ADDED"), ("a", "REMOVED"), ("c", "REMOVED"),
+                                      ("c", "ADDED")])
+    assert added == {"b", "c"} and removed == {"a"}

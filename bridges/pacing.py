@@ -1,0 +1,178 @@
+"""Client-side pacing with the DICT's token buckets, so a well-behaved client is never rate limited.
+
+BCB DICT API, "Limitação de requisições" (DESIGN 2.6): every DICT operation has a token bucket per
+participant, e.g. sync verification refills 10 tokens per minute into a bucket of 50, and a call
+that finds the bucket empty is refused (RESOURCE_EXHAUSTED). The client keeps a bucket of the same
+shape per operation and takes a token before each call attempt, waiting asynchronously when it is
+empty, so the DICT's bucket is never found empty by this client.
+
+The buckets are :class:`aiolimiter.AsyncLimiter` instances: a leaky bucket whose level starts at 0
+and drains at ``max_rate / time_period`` per second is exactly a token bucket that starts full with
+``capacity = max_rate`` and ``refill = max_rate / time_period``.
+
+Why a reserve: the DICT takes the token when the request *arrives*, the client when it *leaves*.
+If an earlier request is delayed more than a later one (connection set-up, network jitter), the two
+arrive closer together than they left and a bucket paced to the last token refuses the second. Keeping
+``r`` tokens in reserve tolerates ``r / refill`` seconds of such spread, so the client reserves
+enough tokens for ``margin_s`` seconds (at least one; never its whole bucket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from aiolimiter import AsyncLimiter
+
+__all__ = ["DICT_RATE_LIMITS", "Pacer", "RateLimit", "parse_rate_limits", "reserve_tokens"]
+
+log = logging.getLogger(__name__)
+
+_PERIODS_S = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "hour": 3600.0, "day": 86_400.0}
+_LIMIT_RE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*/\s*(?P<unit>[a-z]+)\s*:\s*(?P<capacity>\d+)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """The shape of a token bucket: ``capacity`` tokens, refilled at ``refill_per_s`` tokens/second.
+
+    A bucket starts full, as the DICT's do.
+
+    Raises:
+        ValueError: a capacity below 1 or a refill rate that is not positive.
+    """
+
+    capacity: float
+    refill_per_s: float
+
+    def __post_init__(self) -> None:
+        if not self.capacity >= 1 or not self.refill_per_s > 0:
+            raise ValueError("a rate limit needs capacity >= 1 and a positive refill rate")
+
+    @classmethod
+    def per_minute(cls, per_minute: float, capacity: float) -> RateLimit:
+        """A bucket refilled at ``per_minute`` tokens per minute, as the DICT states its limits."""
+        return cls(capacity, per_minute / 60.0)
+
+    @classmethod
+    def per_day(cls, per_day: float, capacity: float) -> RateLimit:
+        """A bucket refilled at ``per_day`` tokens per day."""
+        return cls(capacity, per_day / 86_400.0)
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        """Read ``"<refill>/<unit>:<capacity>"``, e.g. ``"10/min:50"``; units s, min, h, day.
+
+        Raises:
+            ValueError: the text is not in that form.
+        """
+        match = _LIMIT_RE.match(text.lower())
+        if match is None or match["unit"] not in _PERIODS_S:
+            raise ValueError(f"a rate limit reads like '10/min:50' (units s, min, h, day), got {text!r}")
+        return cls(float(match["capacity"]), float(match["n"]) / _PERIODS_S[match["unit"]])
+
+
+# BCB DICT API, "Limitação de requisições", per participant (DESIGN 2.6). The simulator builds its
+# buckets from the same table, so the two sides cannot drift apart.
+DICT_RATE_LIMITS: Mapping[str, RateLimit] = MappingProxyType({
+    "VerifySync": RateLimit.per_minute(10, 50),
+    "CreateCidFile": RateLimit.per_day(40, 200),
+    "GetCidFile": RateLimit.per_minute(10, 50),
+    "ListCidEvents": RateLimit.per_minute(20, 100),
+    "GetEntryByCid": RateLimit.per_minute(1200, 36_000),
+})
+
+
+def parse_rate_limits(spec: str) -> dict[str, RateLimit | None]:
+    """Read per-operation overrides, e.g. ``"VerifySync=6000/min:1000, GetEntryByCid=off"``.
+
+    Args:
+        spec: comma-separated ``<RPC name>=<limit>`` items; ``off`` turns pacing off for that RPC.
+            Empty text gives no overrides.
+
+    Returns:
+        A mapping to pass as ``rate_limits`` to the client (merged over :data:`DICT_RATE_LIMITS`).
+
+    Raises:
+        ValueError: an item is malformed or names an operation the DICT does not limit.
+    """
+    limits: dict[str, RateLimit | None] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in DICT_RATE_LIMITS:
+            raise ValueError(f"expected <operation>=<limit> with an operation among {sorted(DICT_RATE_LIMITS)}, "
+                             f"got {item!r}")
+        limits[name] = None if value.strip().lower() == "off" else RateLimit.parse(value)
+    return limits
+
+
+def reserve_tokens(limit: RateLimit, margin_s: float) -> int:
+    """Tokens the client leaves unused to absorb ``margin_s`` seconds of arrival-time spread.
+
+    Args:
+        limit: the bucket's shape.
+        margin_s: tolerated spread between the one-way delays of two calls, seconds (>= 0).
+
+    Returns:
+        ``ceil(margin_s * refill)``, at least 1 when ``margin_s > 0``, at most ``capacity - 1``
+        (a bucket of capacity 1 gets no reserve: it then tolerates no spread).
+    """
+    if margin_s <= 0:
+        return 0
+    wanted = max(1, math.ceil(margin_s * limit.refill_per_s - 1e-9))
+    return max(0, min(wanted, math.ceil(limit.capacity) - 1))
+
+
+class Pacer:
+    """One client-side token bucket per operation; :meth:`acquire` waits for a token.
+
+    Build it inside the event loop that will use it (the buckets bind to the loop on first use).
+
+    Args:
+        limits: bucket shape per RPC name; an operation that is absent or maps to None is not paced.
+        margin_s: see :func:`reserve_tokens`, seconds.
+
+    Attributes:
+        waits: per operation, the calls that had to wait for a token.
+        waited_s: per operation, the total time spent waiting, seconds.
+    """
+
+    def __init__(self, limits: Mapping[str, RateLimit | None], *, margin_s: float = 1.0) -> None:
+        self.limits = {op: limit for op, limit in limits.items() if limit is not None}
+        self.margin_s = margin_s
+        self._limiters: dict[str, AsyncLimiter] = {}
+        for op, limit in self.limits.items():
+            usable = math.floor(limit.capacity) - reserve_tokens(limit, margin_s)
+            self._limiters[op] = AsyncLimiter(usable, usable / limit.refill_per_s)
+        self.waits: Counter[str] = Counter()
+        self.waited_s: dict[str, float] = {}
+
+    async def acquire(self, operation: str) -> float:
+        """Take one token of ``operation``'s bucket, waiting (asynchronously) until there is one.
+
+        Returns:
+            Seconds waited (0.0 when a token was there, or the operation is not paced).
+        """
+        limiter = self._limiters.get(operation)
+        if limiter is None:
+            return 0.0
+        if limiter.has_capacity():
+            await limiter.acquire()
+            return 0.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        log.debug("Bridge %s paced: waiting for a token of the DICT's bucket", operation)
+        await limiter.acquire()
+        waited = loop.time() - started
+        self.waits[operation] += 1
+        self.waited_s[operation] = self.waited_s.get(operation, 0.0) + waited
+        if waited >= 1.0:
+            log.info("Bridge %s paced by the DICT's rate limit: waited %.1f s for a token", operation, waited)
+        return waited

@@ -1,0 +1,347 @@
+"""The reconciler: on NOK, find the exact divergence of one (participant, key type) and correct it.
+
+BACEN's procedure (BCB DICT API, "Sincronismo"; DESIGN 2.7):
+
+1. cheap path — the DICT's CID event log since the last OK: CIDs it added that the local base
+   lacks, CIDs it removed that the local base still has; correct, verify again;
+2. full path — the DICT's CID file: an exact, streaming diff against the local CIDs; correct,
+   verify again;
+3. still NOK → repeat (bounded), and report.
+
+Corrections are key events sent through the key-events topic (the fold stays the single writer),
+each with a notice to the participant's core system. One run per pair at a time; each run is
+audited in PostgreSQL and its progress is visible while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from vsync_stream.domain.entry import Entry
+from vsync_stream.domain.events import KeyEvent
+from vsync_stream.domain.fold import EntryState, is_older
+from vsync_stream.domain.reconcile import (
+    Correction,
+    CorrectionKind,
+    corrective_event,
+    net_cid_changes,
+    plan_corrections,
+)
+from vsync_stream.errors import BridgeError, StateNotReady, VsyncError
+from vsync_stream.metrics import CORRECTIONS, RECONCILIATION_SECONDS, RECONCILIATIONS
+
+log = logging.getLogger(__name__)
+
+CID_FILE_POLL_S = 0.5
+CID_FILE_WAIT_S = 1800.0
+APPLY_WAIT_S = 120.0
+
+
+class ReconciliationFailed(VsyncError):
+    """A reconciliation could not finish (the DICT's file failed, corrections were not applied…)."""
+
+
+@dataclass
+class Reconciliation:
+    """One run for one (participant, key type); the web view and the audit store show it."""
+
+    id: str
+    participant: str
+    key_type: str
+    trigger: str
+    started_at: datetime
+    path: str = "cheap"
+    phase: str = "starting"
+    done: int = 0
+    total: int = 0
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    attempts: int = 0
+    result: str | None = None
+    error: str | None = None
+    finished_at: datetime | None = None
+    history: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready camelCase view (no personal data: counts, CID-free phases)."""
+        return {"id": self.id, "participant": self.participant, "keyType": self.key_type, "trigger": self.trigger,
+                "path": self.path, "phase": self.phase, "progress": {"done": self.done, "total": self.total},
+                "added": self.added, "removed": self.removed, "changed": self.changed, "attempts": self.attempts,
+                "result": self.result, "error": self.error, "startedAt": self.started_at.isoformat(),
+                "finishedAt": self.finished_at.isoformat() if self.finished_at else None, "history": self.history}
+
+
+class Table(Protocol):
+    """What the reconciler reads from the entries table (``EntriesTable`` implements it)."""
+
+    recovering: bool
+    partition_states: dict[int, Any]
+
+    def iter_partition(self, partition: int) -> Iterator[tuple[bytes, EntryState]]: ...
+    def get(self, key: bytes) -> bytes | None: ...
+
+
+class Reconciler:
+    """Runs reconciliations, at most one per (participant, key type) at a time.
+
+    Args:
+        table: the entries table (all partitions must be local).
+        bridge: the Bridge client.
+        verify_pair: verifies one pair now and returns ``"OK"``/``"NOK"``/``"ERROR"``.
+        last_ok: returns when the pair was last verified OK (None if never).
+        send_event: sends a corrective event to the key-events topic; resolves once Kafka has it.
+        send_notice: sends a notice to the core system's topic; resolves once Kafka has it.
+        record: stores a finished run in the audit store.
+        workdir: where CID files and diff buckets go (temporary).
+        max_attempts: full-path attempts before giving up with NOK.
+    """
+
+    def __init__(self, table: Table, bridge: Any, verify_pair: Callable[[str, str], Awaitable[str]],
+                 last_ok: Callable[[str, str], Awaitable[datetime | None]],
+                 send_event: Callable[[KeyEvent], Awaitable[None]], send_notice: Callable[[dict[str, Any]], Awaitable[None]],
+                 record: Callable[[Reconciliation], Awaitable[None]], workdir: Path | None = None,
+                 max_attempts: int = 3) -> None:
+        self.table, self.bridge = table, bridge
+        self._verify_pair, self._last_ok = verify_pair, last_ok
+        self._send_event, self._send_notice, self._record = send_event, send_notice, record
+        self.workdir = workdir
+        self.max_attempts = max_attempts
+        self.runs: dict[str, Reconciliation] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def running(self) -> list[Reconciliation]:
+        """Runs not finished yet."""
+        return [r for r in self.runs.values() if r.finished_at is None]
+
+    def start(self, participant: str, key_type: str, trigger: str) -> Reconciliation:
+        """Start a run in the background and return it at once (its ``id`` can be polled).
+
+        A run already going for the pair is returned instead of starting a second one.
+        """
+        for run in self.running():
+            if (run.participant, run.key_type) == (participant, key_type):
+                return run
+        run = Reconciliation(str(uuid.uuid4()), participant, key_type, trigger, datetime.now(UTC))
+        self.runs[run.id] = run
+        asyncio.ensure_future(self.run(run))
+        return run
+
+    async def run(self, run: Reconciliation) -> Reconciliation:
+        """Reconcile one pair until the DICT answers OK or the attempts run out."""
+        lock = self._locks.setdefault((run.participant, run.key_type), asyncio.Lock())
+        started = time.perf_counter()
+        async with lock:
+            try:
+                await self._reconcile(run)
+            except (VsyncError, OSError) as exc:
+                run.result, run.error = "ERROR", f"{type(exc).__name__}: {exc}"
+                log.error("reconciliation %s of %s/%s failed: %s", run.id, run.participant, run.key_type, run.error)
+            finally:
+                run.finished_at = datetime.now(UTC)
+                run.phase = "finished"
+                RECONCILIATIONS.labels(path=run.path, result=run.result or "ERROR").inc()
+                RECONCILIATION_SECONDS.observe(time.perf_counter() - started)
+                try:
+                    await self._record(run)
+                except VsyncError as exc:
+                    log.error("could not audit reconciliation %s: %s", run.id, exc)
+        return run
+
+    def _phase(self, run: Reconciliation, phase: str, total: int = 0) -> None:
+        run.phase, run.done, run.total = phase, 0, total
+        run.history.append(phase)
+        log.info("reconciliation %s %s/%s: %s", run.id, run.participant, run.key_type, phase)
+
+    async def _reconcile(self, run: Reconciliation) -> None:
+        if self.table.recovering:
+            raise StateNotReady("table partitions are recovering")
+        since = await self._last_ok(run.participant, run.key_type)
+        if since is not None:
+            run.path, run.attempts = "cheap", 1
+            await self._cheap_path(run, since)
+            run.result = await self._verify(run)
+            if run.result == "OK":
+                return
+        run.path = "full"
+        for attempt in range(1, self.max_attempts + 1):
+            run.attempts += 1
+            await self._full_path(run)
+            run.result = await self._verify(run)
+            if run.result == "OK":
+                return
+            log.warning("reconciliation %s: still %s after full path attempt %d", run.id, run.result, attempt)
+
+    async def _verify(self, run: Reconciliation) -> str:
+        self._phase(run, "verifying")
+        return await self._verify_pair(run.participant, run.key_type)
+
+    # -- the two paths ------------------------------------------------------------------------
+    async def _cheap_path(self, run: Reconciliation, since: datetime) -> None:
+        self._phase(run, "reading the DICT's CID event log")
+        events: list[tuple[str, str]] = []
+        until = datetime.now(UTC) + timedelta(seconds=1)
+        # Start a little before the last OK: the log is inclusive and clocks differ.
+        async for event in self.bridge.iter_cid_events(run.participant, run.key_type, since - timedelta(seconds=5),
+                                                       until):
+            events.append((event.cid, event.type))
+            run.done += 1
+        added, removed = net_cid_changes(events)
+        local = self._local_cids(run, added | removed)
+        only_dict = {cid for cid in added if cid not in local}
+        only_local = {cid: local[cid] for cid in removed if cid in local}
+        await self._correct(run, only_dict, only_local)
+
+    async def _full_path(self, run: Reconciliation) -> None:
+        self._phase(run, "requesting the DICT's CID file")
+        job = await self.bridge.create_cid_file(run.participant, run.key_type)
+        deadline = time.monotonic() + CID_FILE_WAIT_S
+        while True:
+            status = await self.bridge.get_cid_file(job)
+            if status.status == "AVAILABLE":
+                break
+            if status.status in ("ERROR", "UNAVAILABLE"):
+                raise ReconciliationFailed(f"the DICT's CID file {job} ended as {status.status}")
+            if time.monotonic() > deadline:
+                raise ReconciliationFailed(f"the DICT's CID file {job} was not ready within {CID_FILE_WAIT_S:.0f} s")
+            await asyncio.sleep(CID_FILE_POLL_S)
+        with tempfile.TemporaryDirectory(prefix="vsync-reconcile-", dir=self.workdir) as tmp:
+            path = Path(tmp) / "dict.cids"
+            self._phase(run, "downloading the CID file", total=status.byte_size or 0)
+            download = self.bridge.download_cid_file(job)
+            with path.open("wb") as out:
+                async for chunk in download:
+                    out.write(chunk)
+                    run.done += len(chunk)
+            self._phase(run, "diffing local CIDs against the CID file")
+            only_dict, only_local_cids = await asyncio.to_thread(
+                diff_file_with_local, path, self._pair_cids(run), Path(tmp), self._progress(run))
+        only_local = self._local_cids(run, only_local_cids)
+        await self._correct(run, only_dict, only_local)
+
+    def _progress(self, run: Reconciliation) -> Callable[[int], None]:
+        def advance(n: int) -> None:
+            run.done += n
+        return advance
+
+    # -- local side ---------------------------------------------------------------------------
+    def _pair_states(self, run: Reconciliation) -> Iterator[tuple[bytes, EntryState]]:
+        for partition in sorted(self.table.partition_states):
+            for key, state in self.table.iter_partition(partition):
+                if state.cid is not None and state.participant == run.participant and state.key_type == run.key_type:
+                    yield key, state
+
+    def _pair_cids(self, run: Reconciliation) -> Iterator[str]:
+        return (state.cid for _key, state in self._pair_states(run) if state.cid is not None)
+
+    def _local_cids(self, run: Reconciliation, wanted: set[str]) -> dict[str, str]:
+        """CID → Pix key for the local CIDs of the pair that are in ``wanted``."""
+        found: dict[str, str] = {}
+        if wanted:
+            for key, state in self._pair_states(run):
+                if state.cid in wanted:
+                    found[state.cid] = key.decode("utf-8")
+        return found
+
+    # -- corrections --------------------------------------------------------------------------
+    async def _correct(self, run: Reconciliation, only_dict: set[str], only_local: dict[str, str]) -> None:
+        self._phase(run, "fetching the DICT's entries by CID", total=len(only_dict))
+        entries: dict[str, Entry] = {}
+        for cid in sorted(only_dict):
+            try:
+                entries[cid] = await self.bridge.get_entry_by_cid(run.participant, run.key_type, cid)
+            except BridgeError as exc:
+                if type(exc).__name__ != "BridgeNotFound":
+                    raise
+                log.info("reconciliation %s: a CID left the DICT meanwhile; the next verification decides", run.id)
+            run.done += 1
+        corrections = plan_corrections(run.participant, run.key_type, entries, only_local)
+        self._phase(run, "sending corrective events", total=len(corrections))
+        sent: list[tuple[bytes, KeyEvent]] = []
+        now_ms = int(time.time() * 1000)
+        for correction in corrections:
+            key = correction.key.encode("utf-8")
+            raw = self.table.get(key)
+            event = corrective_event(correction, EntryState.decode(raw) if raw is not None else None, now_ms)
+            await self._send_event(event)
+            await self._send_notice(_notice(run, correction))
+            sent.append((key, event))
+            self._count(run, correction)
+            run.done += 1
+        await self._wait_applied(run, sent)
+
+    def _count(self, run: Reconciliation, correction: Correction) -> None:
+        CORRECTIONS.labels(kind=correction.kind.value).inc()
+        if correction.kind is CorrectionKind.ADD:
+            run.added += 1
+        elif correction.kind is CorrectionKind.REMOVE:
+            run.removed += 1
+        else:
+            run.changed += 1
+
+    async def _wait_applied(self, run: Reconciliation, sent: list[tuple[bytes, KeyEvent]]) -> None:
+        """Wait until the fold has applied (or superseded) every corrective event."""
+        self._phase(run, "waiting for the fold to apply the corrections", total=len(sent))
+        deadline = time.monotonic() + APPLY_WAIT_S
+        pending = sent
+        while pending:
+            still = []
+            for key, event in pending:
+                raw = self.table.get(key)
+                state = EntryState.decode(raw) if raw is not None else None
+                applied = state is not None and (state.event_id == event.event_id or is_older(event, state))
+                if not applied:
+                    still.append((key, event))
+            run.done = len(sent) - len(still)
+            pending = still
+            if pending:
+                if time.monotonic() > deadline:
+                    raise ReconciliationFailed(f"{len(pending)} corrective events were not folded within "
+                                               f"{APPLY_WAIT_S:.0f} s; is the fold agent running?")
+                await asyncio.sleep(0.2)
+
+
+def diff_file_with_local(cid_file: Path, local_cids: Iterator[str], workdir: Path,
+                         progress: Callable[[int], None]) -> tuple[set[str], set[str]]:
+    """Exact difference between the DICT's CID file and the local CIDs (64 hex each).
+
+    Returns:
+        ``(only_dict, only_local)`` as sets of lower-case hex CIDs (the differences are small; the
+        inputs are streamed).
+    """
+    dict_cids: set[str] = set()
+    with cid_file.open("rb") as fh:
+        for line in fh:
+            dict_cids.add(line.strip().decode("ascii").lower())
+    progress(len(dict_cids))
+    only_local: set[str] = set()
+    for cid in local_cids:
+        if cid in dict_cids:
+            dict_cids.discard(cid)
+        else:
+            only_local.add(cid)
+    return dict_cids, only_local
+
+
+def _notice(run: Reconciliation, correction: Correction) -> dict[str, Any]:
+    """The notice for the participant's core system: what changed in the local base and why."""
+    notice: dict[str, Any] = {
+        "reconciliationId": run.id, "participant": correction.participant, "keyType": correction.key_type,
+        "action": correction.kind.value, "key": correction.key, "localCid": correction.local_cid,
+        "dictCid": correction.dict_cid, "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+    if correction.entry is not None:
+        notice["entry"] = correction.entry.to_json()
+    if correction.kind is CorrectionKind.REMOVE and correction.key_type == "EVP":
+        notice["note"] = "local-only EVP removed; EVP keys are issued by the DICT and cannot be recreated"
+    return notice
+
