@@ -1,7 +1,8 @@
 """Pulsar-to-stream adapter: the participant's ``dict-events`` topic into the Kafka key-events topic.
 
-Each message is validated; a valid event is produced to Kafka keyed by its Pix key, an invalid one
-to the dead-letter topic with its reason and original bytes. Pulsar is acknowledged only after
+Each message is validated; a valid event is produced to Kafka keyed by its Pix key as a compact
+record with its CID computed (``encode_change``), an invalid one to the dead-letter topic with its
+reason and original bytes. Pulsar is acknowledged only after
 Kafka has acknowledged the record (invariant I3); if Kafka fails, the batch is negatively
 acknowledged and Pulsar redelivers it, which the fold absorbs (invariant I2). Dead-lettering
 never depends on Pulsar's redelivery counter.
@@ -16,15 +17,15 @@ from typing import Any
 
 import pulsar
 
-from vsync_stream.domain.events import decode_event
+from vsync_stream.domain.events import KeyChange, change_of, decode_event
 from vsync_stream.errors import InvalidEvent
 from vsync_stream.metrics import EVENTS_FORWARDED, EVENTS_RECEIVED
 
 log = logging.getLogger(__name__)
 
-# forward(pix_key, payload) / dead_letter(payload, error, source) queue a Kafka record and return an
+# forward(change) / dead_letter(payload, error, source) queue a Kafka record and return an
 # awaitable that resolves once Kafka acknowledged it.
-Forward = Callable[[str, bytes], Awaitable[Awaitable[Any]]]
+Forward = Callable[[KeyChange], Awaitable[Awaitable[Any]]]
 DeadLetter = Callable[[bytes, InvalidEvent, dict[str, Any]], Awaitable[Awaitable[Any]]]
 
 _CONSUMER_TYPES = {
@@ -93,12 +94,12 @@ class PulsarSource:
             for message in messages:
                 payload = message.data()
                 try:
-                    event = decode_event(payload, self.max_event_bytes)
+                    change = change_of(decode_event(payload, self.max_event_bytes))
                 except InvalidEvent as exc:
                     source = {"topic": self.topic, "messageId": str(message.message_id())}
                     pending.append(await dead_letter(payload, exc, source))
                 else:
-                    pending.append(await forward(event.key, payload))
+                    pending.append(await forward(change))
             try:
                 await asyncio.gather(*pending)
             except Exception:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import rocksdict
 from faust.types import TP
 
 from vsync_stream.domain.fold import EntryState
@@ -83,6 +84,25 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         self._report_drift(drifted)
         self.recovering = False
         log.info("entries table ready: %d active partitions, ledgers rebuilt from the table", len(rebuilt))
+
+    # -- batched access for the fold ---------------------------------------------------------
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        """The stored value of ``key`` in a local partition (raw bytes), or None."""
+        value: bytes | None = self.data._db_for_partition(partition).get(key)
+        return value
+
+    def write_batch(self, partition: int, items: dict[bytes, bytes]) -> None:
+        """Write rows to a local partition in one RocksDB write batch and to the changelog.
+
+        One changelog record per key (its last state). The store's persisted changelog offset
+        advances as Kafka acknowledges them, as for ordinary Faust table writes.
+        """
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in items.items():
+            batch.put(key, value)
+        self.data._db_for_partition(partition).write(batch)
+        for key, value in items.items():
+            self.send_changelog(partition, key, value, key_serializer="raw", value_serializer="raw")
 
     # -- derived state ----------------------------------------------------------------------
     def iter_partition(self, partition: int) -> Iterator[tuple[bytes, EntryState]]:

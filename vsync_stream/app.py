@@ -21,7 +21,7 @@ from vsync_stream.bridges.dict_bridge import BridgeClient
 from vsync_stream.bridges.kafka_topics import ensure_topics, product_topics
 from vsync_stream.bridges.pulsar_source import PulsarSource
 from vsync_stream.dead_letters import dead_letter_record
-from vsync_stream.domain.events import KeyEvent, encode_event
+from vsync_stream.domain.events import KeyChange, encode_change
 from vsync_stream.errors import InvalidEvent, StateNotReady
 from vsync_stream.names import ENTRIES_TABLE, changelog_topic
 from vsync_stream.reconciliation import Reconciler
@@ -75,6 +75,12 @@ class VsyncApp:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             producer_linger=0.005,
+            # Throughput: the fold takes events in batches (agents/fold.py), so let the consumer
+            # fetch and buffer whole batches, and the producer send large ones.
+            broker_max_poll_records=5000,
+            stream_buffer_maxsize=20000,
+            consumer_max_fetch_size=8 * 1024 * 1024,
+            producer_max_batch_size=1024 * 1024,
             web_host=settings.web_host,
             web_bind=settings.web_host,
             web_port=settings.web_port,
@@ -150,8 +156,8 @@ class VsyncApp:
         records = await self.verifier().run("reconciliation", [(participant, key_type)])
         return records[0].result
 
-    async def _send_correction(self, event: KeyEvent) -> None:
-        fut = await self.key_events.send(key=event.key.encode("utf-8"), value=encode_event(event))
+    async def _send_correction(self, change: KeyChange) -> None:
+        fut = await self.key_events.send(key=change.key.encode("utf-8"), value=encode_change(change))
         await fut
 
     async def _send_notice(self, notice: dict[str, Any]) -> None:
@@ -165,8 +171,8 @@ class VsyncApp:
         return self._verifier
 
     # -- the Pulsar-to-stream adapter ----------------------------------------------------------
-    async def _forward(self, pix_key: str, payload: bytes) -> Any:
-        return await self.key_events.send(key=pix_key.encode("utf-8"), value=payload)
+    async def _forward(self, change: KeyChange) -> Any:
+        return await self.key_events.send(key=change.key.encode("utf-8"), value=encode_change(change))
 
     async def _dead_letter(self, payload: bytes, error: InvalidEvent, source: dict[str, Any]) -> Any:
         record = dead_letter_record(payload, error, stage="adapter", source=source)

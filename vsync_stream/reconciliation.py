@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vsync_stream.domain.entry import Entry
-from vsync_stream.domain.events import KeyEvent
+from vsync_stream.domain.events import KeyChange, change_of
 from vsync_stream.domain.fold import EntryState, is_older
 from vsync_stream.domain.reconcile import (
     Correction,
@@ -108,7 +108,7 @@ class Reconciler:
 
     def __init__(self, table: Table, bridge: Any, verify_pair: Callable[[str, str], Awaitable[str]],
                  last_ok: Callable[[str, str], Awaitable[datetime | None]],
-                 send_event: Callable[[KeyEvent], Awaitable[None]], send_notice: Callable[[dict[str, Any]], Awaitable[None]],
+                 send_event: Callable[[KeyChange], Awaitable[None]], send_notice: Callable[[dict[str, Any]], Awaitable[None]],
                  record: Callable[[Reconciliation], Awaitable[None]], workdir: Path | None = None,
                  max_attempts: int = 3) -> None:
         self.table, self.bridge = table, bridge
@@ -266,12 +266,13 @@ class Reconciler:
             run.done += 1
         corrections = plan_corrections(run.participant, run.key_type, entries, only_local)
         self._phase(run, "sending corrective events", total=len(corrections))
-        sent: list[tuple[bytes, KeyEvent]] = []
+        sent: list[tuple[bytes, KeyChange]] = []
         now_ms = int(time.time() * 1000)
         for correction in corrections:
             key = correction.key.encode("utf-8")
             raw = self.table.get(key)
-            event = corrective_event(correction, EntryState.decode(raw) if raw is not None else None, now_ms)
+            event = change_of(corrective_event(correction, EntryState.decode(raw) if raw is not None else None,
+                                               now_ms))
             await self._send_event(event)
             await self._send_notice(_notice(run, correction))
             sent.append((key, event))
@@ -288,7 +289,7 @@ class Reconciler:
         else:
             run.changed += 1
 
-    async def _wait_applied(self, run: Reconciliation, sent: list[tuple[bytes, KeyEvent]]) -> None:
+    async def _wait_applied(self, run: Reconciliation, sent: list[tuple[bytes, KeyChange]]) -> None:
         """Wait until the fold has applied (or superseded) every corrective event."""
         self._phase(run, "waiting for the fold to apply the corrections", total=len(sent))
         deadline = time.monotonic() + APPLY_WAIT_S

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vsync_stream.domain.entry import Entry
-from vsync_stream.domain.events import KeyEvent, event_to_json, validate_event_doc
+from vsync_stream.domain.events import KeyEvent, change_of, event_to_json, validate_event_doc
 from vsync_stream.domain.fold import EntryState, fold
 from vsync_stream.domain.vsync import EMPTY_VSYNC, VSyncLedger, vsync_hex, xor_cids
 from vsync_stream.simulator.model import DictModel
@@ -304,7 +304,7 @@ def test_folding_the_models_events_reproduces_the_dicts_vsyncs(
     table: dict[str, EntryState] = {}
     ledger = VSyncLedger()
     for event in random_history(model, population, random.Random(11)):
-        outcome = fold(table.get(event.key), event)
+        outcome = fold(table.get(event.key), change_of(event))
         assert outcome.state is not None
         table[event.key] = outcome.state
         if outcome.removed:

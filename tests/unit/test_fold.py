@@ -7,7 +7,7 @@ from dataclasses import replace
 import orjson
 
 from tests.factories import event_doc
-from vsync_stream.domain.events import KeyEvent, validate_event_doc
+from vsync_stream.domain.events import KeyChange, change_of, validate_event_doc
 from vsync_stream.domain.fold import EntryState, FoldStatus, fold
 from vsync_stream.domain.vsync import VSyncLedger
 
@@ -15,14 +15,14 @@ P1, P2 = "12345678", "87654321"
 
 
 def ev(action: str = "key.created", version: int | None = 1, participant: str = P1, account: str = "1",
-       request_id: str = "01020304-0506-0708-090a-0b0c0d0e0f10", ms: int = 0) -> KeyEvent:
+       request_id: str = "01020304-0506-0708-090a-0b0c0d0e0f10", ms: int = 0) -> KeyChange:
     doc = event_doc(action=action, version=version, entry__account__participant=participant,
                     entry__account__accountNumber=account, entry__requestId=request_id,
                     occurredAt=f"2026-11-29T03:00:{ms // 1000:02d}.{ms % 1000:03d}Z")
-    return validate_event_doc(doc)
+    return change_of(validate_event_doc(doc))
 
 
-def run(events: list[KeyEvent]) -> tuple[EntryState | None, VSyncLedger, list[FoldStatus]]:
+def run(events: list[KeyChange]) -> tuple[EntryState | None, VSyncLedger, list[FoldStatus]]:
     state, ledger, statuses = None, VSyncLedger(), []
     for e in events:
         out = fold(state, e)
@@ -52,7 +52,7 @@ def test_duplicate_is_a_no_op() -> None:
 def test_update_xors_out_the_cid_the_table_holds() -> None:
     create, update = ev(version=1), ev("key.updated", version=2, account="2")
     state, ledger, _ = run([create, update])
-    assert state is not None and state.cid == update.entry.cid  # type: ignore[union-attr]
+    assert state is not None and state.cid == update.cid
     assert ledger == expected(state)
 
 
@@ -78,7 +78,7 @@ def test_same_cid_added_removed_added_again() -> None:
     events = [ev(version=1), ev("key.deleted", version=2), ev(version=3)]
     state, ledger, _ = run(events)
     assert ledger == expected(state) and ledger.count(P1, "PHONE") == 1
-    assert state is not None and state.cid == events[0].entry.cid  # type: ignore[union-attr]
+    assert state is not None and state.cid == events[0].cid
 
 
 def test_any_arrival_order_and_any_replay_gives_the_in_order_state() -> None:
@@ -110,15 +110,16 @@ def test_corrective_events_beat_the_table_but_not_later_dict_events() -> None:
     from vsync_stream.domain.reconcile import Correction, CorrectionKind, corrective_event, plan_corrections
 
     create = ev(version=7, ms=500)
+    entry = validate_event_doc(event_doc()).entry
     stored = fold(None, create).state
-    assert stored is not None and create.entry is not None
+    assert stored is not None and entry is not None
     remove = Correction(CorrectionKind.REMOVE, create.key, "PHONE", P1, stored.cid, None, None)
-    fix = corrective_event(remove, stored, now_ms=100)  # a clock behind the event still wins
+    fix = change_of(corrective_event(remove, stored, now_ms=100))  # a clock behind the event still wins
     assert fold(stored, fix).status is FoldStatus.APPLIED and fold(stored, fix).removed == (P1, "PHONE", stored.cid)
     later = ev("key.updated", version=8, account="5", ms=0)
     assert fold(fold(stored, fix).state, later).status is FoldStatus.APPLIED
 
-    plan = plan_corrections(P1, "PHONE", {"c1": create.entry}, {"c0": create.key, "c9": "+5511900000000"})
+    plan = plan_corrections(P1, "PHONE", {"c1": entry}, {"c0": create.key, "c9": "+5511900000000"})
     assert [(c.kind, c.key) for c in plan] == [(CorrectionKind.REMOVE, "+5511900000000"),
                                                 (CorrectionKind.REPLACE, create.key)]
 

@@ -221,3 +221,83 @@ def event_to_json(event: KeyEvent) -> dict[str, Any]:
 def encode_event(event: KeyEvent) -> bytes:
     """Serialise an event to contract JSON bytes."""
     return orjson.dumps(event_to_json(event))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """What the fold needs of a key event: its ordering token and the CID it brings.
+
+    This is the record of the Kafka key-events topic: the adapter validates the contract event and
+    computes the CID once, so the fold never re-parses personal data. ``cid`` and ``request_id`` are
+    None for a delete.
+    """
+
+    event_id: str
+    action: str
+    occurred_at_ms: int
+    version: int | None
+    key: str
+    key_type: str
+    participant: str
+    cid: str | None
+    request_id: str | None
+    reason: str | None = None
+
+    @property
+    def is_delete(self) -> bool:
+        """True for ``key.deleted``."""
+        return self.cid is None
+
+
+def change_of(event: KeyEvent) -> KeyChange:
+    """The fold's view of a validated event (computes the CID: BCB DICT API, "Cálculo de CID")."""
+    entry = event.entry
+    return KeyChange(event.event_id, event.action, event.occurred_at_ms, event.version, event.key, event.key_type,
+                     event.participant, entry.cid if entry is not None else None,
+                     entry.request_id if entry is not None else None, event.reason)
+
+
+RECORD_FORMAT = 1
+_RECORD_FIELDS = 11
+_KEY_TYPE_NAMES = frozenset(kt.value for kt in KeyType)
+_HEX = frozenset("0123456789abcdef")
+
+
+def encode_change(change: KeyChange) -> bytes:
+    """Serialise a change as a key-events record: a JSON array, format 1.
+
+    ``[1, eventId, action, occurredAtMs, version, key, keyType, participant, cid, requestId, reason]``
+    """
+    return orjson.dumps([RECORD_FORMAT, change.event_id, change.action, change.occurred_at_ms, change.version,
+                         change.key, change.key_type, change.participant, change.cid, change.request_id,
+                         change.reason])
+
+
+def decode_change(payload: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> KeyChange:
+    """Decode a key-events record: the compact format, or a contract event (DESIGN 4.1) as fallback.
+
+    Anything may be written to a Kafka topic, so the compact form is checked too (cheaply).
+
+    Raises:
+        InvalidEvent: the record is neither a well-formed compact record nor a valid event.
+    """
+    if not payload.startswith(b"[1,"):
+        return change_of(decode_event(payload, max_bytes))
+    try:
+        fields = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise InvalidEvent("malformed_record", "key-events record is not JSON") from None
+    if len(fields) != _RECORD_FIELDS:
+        raise InvalidEvent("malformed_record", f"key-events record has {len(fields)} fields, not {_RECORD_FIELDS}")
+    _fmt, event_id, action, occurred, version, key, key_type, participant, cid, request_id, reason = fields
+    ok = (isinstance(event_id, str) and action in ACTIONS and type(occurred) is int
+          and (version is None or type(version) is int) and isinstance(key, str) and key
+          and key_type in _KEY_TYPE_NAMES and isinstance(participant, str) and len(participant) == 8
+          and participant.isdigit() and (reason is None or isinstance(reason, str)))
+    if ok and action == "key.deleted":
+        ok = cid is None and request_id is None
+    elif ok:
+        ok = (isinstance(cid, str) and len(cid) == 64 and _HEX.issuperset(cid) and isinstance(request_id, str))
+    if not ok:
+        raise InvalidEvent("malformed_record", "key-events record has a field of the wrong type or value")
+    return KeyChange(event_id, action, occurred, version, key, key_type, participant, cid, request_id, reason)

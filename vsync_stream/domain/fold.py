@@ -19,7 +19,7 @@ from enum import StrEnum
 
 import orjson
 
-from vsync_stream.domain.events import KeyEvent
+from vsync_stream.domain.events import KeyChange
 
 
 class FoldStatus(StrEnum):
@@ -83,7 +83,7 @@ class FoldOutcome:
     added: Contribution | None = None
 
 
-def is_older(event: KeyEvent, stored: EntryState) -> bool:
+def is_older(event: KeyChange, stored: EntryState) -> bool:
     """Tell whether ``event`` orders before the event that produced ``stored``.
 
     Versions order the events of one key where both sides carry one; otherwise ``occurredAt``
@@ -97,12 +97,12 @@ def is_older(event: KeyEvent, stored: EntryState) -> bool:
     return (event.occurred_at_ms, event.event_id) < (stored.occurred_at_ms, stored.event_id)
 
 
-def fold(stored: EntryState | None, event: KeyEvent) -> FoldOutcome:
+def fold(stored: EntryState | None, event: KeyChange) -> FoldOutcome:
     """Apply one event to the state the table holds for its key.
 
     Args:
         stored: the table's current state for ``event.key``, or None if the key was never seen.
-        event: a validated event.
+        event: a validated change (see ``vsync_stream.domain.events.KeyChange``).
 
     Returns:
         The outcome; ``state`` is what the table must hold afterwards (unchanged when not applied),
@@ -116,13 +116,11 @@ def fold(stored: EntryState | None, event: KeyEvent) -> FoldOutcome:
     removed: Contribution | None = None
     if stored is not None and stored.cid is not None:
         removed = (stored.participant, stored.key_type, stored.cid)
-    if event.entry is None:
-        state = EntryState(event.participant, event.key_type, None, None, event.version, event.occurred_at_ms,
-                           event.event_id)
-        return FoldOutcome(FoldStatus.APPLIED, state, removed, None)
-    cid = event.entry.cid
-    state = EntryState(event.participant, event.key_type, cid, event.entry.request_id, event.version,
+    cid = event.cid
+    state = EntryState(event.participant, event.key_type, cid, event.request_id, event.version,
                        event.occurred_at_ms, event.event_id)
+    if cid is None:
+        return FoldOutcome(FoldStatus.APPLIED, state, removed, None)
     added = (event.participant, event.key_type, cid)
     if removed == added:  # an update that changes no hashed field keeps the same CID
         return FoldOutcome(FoldStatus.APPLIED, state, None, None)
