@@ -1,0 +1,120 @@
+"""A whole pipeline on the local stack, driven like a participant would: used by demo and drill.
+
+The DICT simulator runs in this process (a real gRPC server holding the truth), the worker runs as
+a child process (``vsync-stream worker``) with topic, subscription and group names unique to the
+run, and events are published to Pulsar as the participant's connector would.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import pulsar
+from tqdm import tqdm
+
+from vsync_stream.bridges.audit_store import AuditStore
+from vsync_stream.bridges.pulsar_source import ensure_subscription
+from vsync_stream.cli import request_verification
+from vsync_stream.domain.entry import Entry
+from vsync_stream.domain.events import KeyEvent
+from vsync_stream.settings import Settings
+from vsync_stream.simulator.model import DictModel
+from vsync_stream.simulator.population import generate_entries, random_update_changes
+from vsync_stream.simulator.publisher import EventPublisher
+from vsync_stream.simulator.server import DictSimulator, TokenBucket
+from vsync_stream.worker_process import WorkerFailed, WorkerProcess, free_port, run_env
+
+PUBLISH_STEP = 5000
+
+
+class LocalScenario:
+    """Simulator + worker + publisher for one run; ``async with`` starts and stops them.
+
+    Args:
+        name: prefix of the run id (``demo``, ``drill``…).
+        participants: ISPBs of the population and of the worker's verification.
+        rate_limits: the simulator's buckets per RPC (the DICT's own when None).
+        env_extra: extra environment for the worker.
+    """
+
+    def __init__(self, name: str, participants: Sequence[str], rate_limits: Mapping[str, TokenBucket] | None = None,
+                 env_extra: dict[str, str] | None = None) -> None:
+        self.settings = Settings(participants=list(participants))
+        self.run_id = f"{name}-{time.strftime('%Y%m%d%H%M%S')}{secrets.token_hex(2)}"
+        self.token = secrets.token_urlsafe(24)
+        self.model = DictModel()
+        self.simulator = DictSimulator(self.model, rate_limits=rate_limits)
+        self._env_extra = env_extra or {}
+        self.worker: WorkerProcess | None = None
+        self.published = 0
+
+    @property
+    def base_url(self) -> str:
+        """The worker's web view."""
+        assert self.worker is not None
+        return self.worker.base_url
+
+    async def __aenter__(self) -> LocalScenario:
+        async with AuditStore(self.settings.postgres_dsn.get_secret_value(), max_size=1) as audit:
+            await audit.migrate()
+        port = await self.simulator.start("127.0.0.1", 0)
+        env = run_env(self.run_id, bridge_target=f"127.0.0.1:{port}", participants=self.settings.participants,
+                      token=self.token, data_root=Path(".local/runs").resolve(), web_port=free_port(),
+                      extra=self._env_extra)
+        ensure_subscription(self.settings.pulsar_url, env["VSYNC_PULSAR_TOPIC"], env["VSYNC_PULSAR_SUBSCRIPTION"])
+        self.worker = WorkerProcess(env, Path(f".local/logs/{self.run_id}-worker.log").resolve())
+        self.worker.start()
+        print(f"run {self.run_id}: DICT simulator on 127.0.0.1:{port}; worker web view {self.worker.base_url}, "
+              f"log {self.worker.log_path}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        await self.simulator.stop()
+
+    def populate(self, entries: int, updates: int, deletes: int, seed: int) -> tuple[list[Entry], list[KeyEvent]]:
+        """Create a population in the DICT, then updates and deletes; return it and the events."""
+        rng = random.Random(seed)
+        population = list(tqdm(generate_entries(entries, self.settings.participants, seed=seed), total=entries,
+                               desc="population", unit="entry", file=sys.stdout, mininterval=1.0))
+        events = [self.model.create(entry) for entry in population]
+        events += [self.model.update(e.key, **random_update_changes(e, rng)) for e in rng.sample(population, updates)]
+        events += [self.model.delete(e.key) for e in rng.sample(population, deletes)]
+        return population, events
+
+    async def publish(self, events: list[KeyEvent]) -> None:
+        """Publish events to Pulsar (keyed by Pix key, Key_Shared-safe batching), with progress."""
+        assert self.worker is not None
+        publisher = EventPublisher(self.settings.pulsar_url, self.worker.env["VSYNC_PULSAR_TOPIC"],
+                                   batching_type=pulsar.BatchingType.KeyBased)
+        with tqdm(total=len(events), desc="publishing", unit="ev", file=sys.stdout, mininterval=1.0) as bar:
+            await publisher.start()
+            try:
+                for i in range(0, len(events), PUBLISH_STEP):
+                    chunk = events[i:i + PUBLISH_STEP]
+                    await publisher.publish_many(chunk)
+                    bar.update(len(chunk))
+                await publisher.flush()
+            finally:
+                await publisher.stop()
+        self.published += len(events)
+
+    async def wait_folded(self, timeout_s: float) -> dict[str, int]:
+        """Wait until the worker handled everything published, with a progress bar."""
+        assert self.worker is not None
+        try:
+            return await self.worker.wait_handled(self.published, timeout_s, progress=True)
+        except WorkerFailed as exc:
+            raise click.ClickException(str(exc)) from None
+
+    async def verify(self) -> list[dict[str, Any]]:
+        """Verify every pair now through the worker."""
+        return await request_verification(self.base_url, self.token)
