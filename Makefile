@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 KEEP ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: install proto stack-up stack-down stack-status demo test unit lint clean
+.PHONY: install proto stack-up stack-down stack-status demo drill test unit lint clean
 
 install: $(STAMP)
 
@@ -41,6 +41,13 @@ demo: install
 	$(STACK) up
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/vsync-stream demo $(DEMO_ARGS) || rc=$$?; \
+	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
+
+# BACEN's homologation drill: 1,000,000 entries, 1,000 keys changed behind the pipeline's back.
+drill: install
+	$(STACK) up
+	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
+	  rc=0; $(BIN)/vsync-stream drill $(DRILL_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 
 test: install
