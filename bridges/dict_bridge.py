@@ -1,24 +1,25 @@
 """Async client of the Bridge, the participant's gRPC gateway to the DICT (DESIGN 2.6, 4.3).
 
-:class:`BridgeClient` wraps the generated ``DictBridge`` stub over ``grpc.aio``. Every call has a
-deadline; gRPC status codes become the project's exception tree (RESOURCE_EXHAUSTED →
-:class:`~vsync_stream.errors.RateLimited`, UNAVAILABLE and DEADLINE_EXCEEDED →
-:class:`~vsync_stream.errors.BridgeUnavailable`, NOT_FOUND → :class:`~vsync_stream.errors.BridgeNotFound`,
-anything else → :class:`~vsync_stream.errors.BridgeError`), and only errors whose class is
+:class:`BridgeClient` wraps the generated ``DictBridge`` stub over ``grpc.aio``. Before every call
+attempt it takes a token from a client-side bucket shaped like the DICT's for that operation
+(:mod:`vsync_stream.bridges.pacing`), so a well-behaved client never meets RESOURCE_EXHAUSTED.
+Every call has a deadline; gRPC status codes become the project's exception tree
+(:func:`~vsync_stream.bridges.bridge_proto.map_rpc_error`), and only errors whose class is
 ``retriable`` are retried, with jittered exponential backoff bounded in attempts and total time. A
 ``retry-after-ms`` trailer (sent by the simulator with RESOURCE_EXHAUSTED) is honoured as the
 minimum wait. Logs carry the operation, the status code and the attempt, never a Pix key, a tax id
 or a name.
 
-The proto/domain conversions live in :mod:`vsync_stream.bridges.bridge_proto` (re-exported here).
+The proto/domain conversions and result types live in :mod:`vsync_stream.bridges.bridge_proto`,
+the multi-message helpers (CID file download, CID event walk) in
+:mod:`vsync_stream.bridges.bridge_streams`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -35,127 +36,52 @@ from tenacity import (
 )
 
 from vsync_stream.bridges.bridge_proto import (
+    RETRY_AFTER_TRAILER,
+    CidEvent,
+    CidEventsPage,
+    CidFileStatus,
+    VerifyResult,
+    cid_events_page_from_proto,
+    cid_file_status_from_proto,
     datetime_from_proto,
     datetime_to_proto,
     entry_from_proto,
     entry_to_proto,
     key_type_from_proto,
     key_type_to_proto,
+    map_rpc_error,
 )
+from vsync_stream.bridges.bridge_streams import CidEventsWalk, CidFileDownload
 from vsync_stream.bridges.generated import vsync_bridge_pb2 as pb
 from vsync_stream.bridges.generated import vsync_bridge_pb2_grpc as pb_grpc
+from vsync_stream.bridges.pacing import DICT_RATE_LIMITS, Pacer, RateLimit
+from vsync_stream.domain.cid import normalise_cid
 from vsync_stream.domain.entry import Entry
-from vsync_stream.errors import BridgeError, BridgeNotFound, BridgeUnavailable, ConfigurationError, RateLimited
+from vsync_stream.errors import BridgeError, BridgeUnavailable, CidFileFailed, ConfigurationError
 
 __all__ = [
-    "BridgeClient", "CidEvent", "CidEventsPage", "CidFileDownload", "CidFileStatus", "VerifyResult",
-    "datetime_from_proto", "datetime_to_proto", "entry_from_proto", "entry_to_proto", "key_type_from_proto",
-    "key_type_to_proto", "map_rpc_error",
+    "DICT_RATE_LIMITS", "MAX_PAGE_SIZE", "RETRY_AFTER_TRAILER", "BridgeClient", "CidEvent", "CidEventsPage",
+    "CidEventsWalk", "CidFileDownload", "CidFileStatus", "RateLimit", "VerifyResult", "datetime_from_proto",
+    "datetime_to_proto", "entry_from_proto", "entry_to_proto", "key_type_from_proto", "key_type_to_proto",
+    "map_rpc_error",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 5.0
-RETRY_AFTER_TRAILER = "retry-after-ms"
+MAX_PAGE_SIZE = 200  # BCB DICT API, "Eventos de CIDs": Limit <= 200
 _T = TypeVar("_T")
-
-# ------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
-    """The DICT's answer to a sync verification."""
-
-    result: Literal["OK", "NOK"]
-    verification_id: str
-    verified_at: datetime | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the DICT answered OK."""
-        return self.result == "OK"
-
-
-@dataclass(frozen=True, slots=True)
-class CidFileStatus:
-    """Status of a CID file job; ``url``, ``byte_size`` (bytes) and ``sha256`` (64 hex) once AVAILABLE."""
-
-    job_id: str
-    status: Literal["REQUESTED", "PROCESSING", "AVAILABLE", "UNAVAILABLE", "ERROR"]
-    url: str | None
-    byte_size: int | None
-    sha256: str | None
-    participant: str | None = None
-    key_type: str | None = None
-    requested_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CidEvent:
-    """One entry of the DICT's CID event log: a CID ADDED to or REMOVED from a participant's set."""
-
-    cid: str
-    type: Literal["ADDED", "REMOVED"]
-    timestamp: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class CidEventsPage:
-    """A page of CID events, ascending; VSyncs (64 hex) after its first and last event."""
-
-    events: list[CidEvent]
-    has_more_elements: bool
-    vsync_after_first: str | None
-    vsync_after_last: str | None
-
-
-# ------------------------------------------------------------------ errors
-
-
-def map_rpc_error(exc: grpc.aio.AioRpcError, operation: str) -> BridgeError:
-    """Turn a gRPC error into the project's exception (raise it ``from exc``).
-
-    Args:
-        exc: the gRPC error.
-        operation: the RPC name, for the message.
-
-    Returns:
-        :class:`RateLimited` (with ``retry_after_s`` when the server sent a hint),
-        :class:`BridgeUnavailable`, :class:`BridgeNotFound` or :class:`BridgeError`.
-    """
-    code = exc.code()
-    message = f"Bridge {operation} failed with {code.name}: {(exc.details() or '')[:200]}"
-    error: BridgeError
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        error = RateLimited(message + " (DICT rate limit; wait for the bucket to refill)")
-        error.retry_after_s = _retry_after_s(exc)  # type: ignore[attr-defined]
-    elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        error = BridgeUnavailable(message + " (check that the Bridge is up and reachable)")
-    elif code is grpc.StatusCode.NOT_FOUND:
-        error = BridgeNotFound(message)
-    else:
-        error = BridgeError(message)
-    error.status_code = code  # type: ignore[attr-defined]
-    return error
-
-
-def _retry_after_s(exc: grpc.aio.AioRpcError) -> float | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key == RETRY_AFTER_TRAILER:
-            try:
-                return max(0.0, float(value) / 1000)
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
-# ------------------------------------------------------------------ client
 
 
 class BridgeClient:
     """Async client of the ``DictBridge`` gRPC service; one per process, shared by callers.
 
-    Use ``async with BridgeClient("host:port") as bridge:`` or :meth:`start`/:meth:`stop`.
+    Use ``async with BridgeClient("host:port") as bridge:`` or :meth:`start`/:meth:`stop`. Create
+    it in the event loop that uses it (its pacing buckets bind to that loop).
+
+    The DICT limits per participant, not per client: give the pacing the whole budget only when this
+    client is the participant's only caller of the Bridge (in the product, the leader's timer and
+    reconciler), otherwise share it out through ``rate_limits``.
 
     Args:
         target: ``host:port`` of the Bridge.
@@ -170,6 +96,11 @@ class BridgeClient:
         backoff_max_s: cap of one backoff sleep, seconds (a server retry-after hint may exceed it).
         download_deadline_s: deadline of a whole CID file download, seconds.
         channel_options: extra gRPC channel options.
+        rate_limits: per-RPC overrides of the client-side buckets, merged over
+            :data:`~vsync_stream.bridges.pacing.DICT_RATE_LIMITS` (the DICT's published limits);
+            None for an RPC turns its pacing off.
+        pacing_margin_s: arrival-time spread the pacing tolerates, seconds
+            (see :func:`~vsync_stream.bridges.pacing.reserve_tokens`).
 
     Raises:
         ConfigurationError: a client key without its certificate chain or vice versa.
@@ -189,6 +120,8 @@ class BridgeClient:
         backoff_max_s: float = 15.0,
         download_deadline_s: float = 3600.0,
         channel_options: list[tuple[str, Any]] | None = None,
+        rate_limits: Mapping[str, RateLimit | None] | None = None,
+        pacing_margin_s: float = 1.0,
     ) -> None:
         if (private_key_path is None) != (cert_chain_path is None):
             raise ConfigurationError("mutual TLS needs both private_key_path and cert_chain_path")
@@ -202,6 +135,7 @@ class BridgeClient:
         self._options = channel_options or []
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.DictBridgeStub | None = None
+        self.pacer = Pacer({**DICT_RATE_LIMITS, **(rate_limits or {})}, margin_s=pacing_margin_s)
 
     async def start(self) -> None:
         """Open the channel (connection happens lazily on the first call).
@@ -245,7 +179,7 @@ class BridgeClient:
 
     @property
     def stub(self) -> pb_grpc.DictBridgeStub:
-        """The generated stub (for calls this class does not wrap).
+        """The generated stub (for calls this class does not wrap; those are not paced).
 
         Raises:
             RuntimeError: :meth:`start` was not called.
@@ -254,7 +188,7 @@ class BridgeClient:
             raise RuntimeError("BridgeClient is not started: call start() or use `async with`")
         return self._stub
 
-    # -------------------------------------------------------------- retries
+    # -------------------------------------------------------------- retries and pacing
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = self._backoff(state)
@@ -262,7 +196,8 @@ class BridgeClient:
         hint = getattr(exc, "retry_after_s", None)
         return max(backoff, hint) if hint else backoff
 
-    def _retrying(self, operation: str) -> AsyncRetrying:
+    def retrying(self, operation: str) -> AsyncRetrying:
+        """The retry policy of one call of ``operation`` (used by the stream helpers too)."""
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             code = getattr(exc, "status_code", None)
@@ -279,8 +214,10 @@ class BridgeClient:
         )
 
     async def _unary(self, operation: str, call: Callable[[], Awaitable[_T]]) -> _T:
-        async for attempt in self._retrying(operation):
+        async for attempt in self.retrying(operation):
             with attempt:
+                # Every attempt may reach the DICT and spend a token there, so each one takes a token.
+                await self.pacer.acquire(operation)
                 try:
                     return await call()
                 except grpc.aio.AioRpcError as exc:
@@ -317,10 +254,10 @@ class BridgeClient:
         return VerifyResult(result, response.verification_id, verified_at)
 
     async def create_cid_file(self, participant: str, key_type: str) -> str:
-        """Ask for a file of all CIDs of (participant, key type); rate limit 40/day, 200.
+        """Ask for a file of all CIDs of (participant, key type); rate limit 40/day, bucket 200.
 
         Returns:
-            The job id, for :meth:`get_cid_file` and :meth:`download_cid_file`.
+            The job id, for :meth:`get_cid_file`, :meth:`wait_for_cid_file` and :meth:`download_cid_file`.
 
         Raises:
             ValueError, RateLimited, BridgeUnavailable, BridgeError: as :meth:`verify_sync`.
@@ -328,137 +265,166 @@ class BridgeClient:
         request = pb.CreateCidFileRequest(participant=participant, key_type=key_type_to_proto(key_type))
         response: pb.CreateCidFileResponse = await self._unary(
             "CreateCidFile", lambda: self.stub.CreateCidFile(request, timeout=self.deadline_s))
+        if not response.job_id:
+            raise BridgeError("Bridge CreateCidFile answered without a job id")
         return response.job_id
 
     async def get_cid_file(self, job_id: str) -> CidFileStatus:
-        """Status of a CID file job; rate limit 10/min, 50.
+        """Status of a CID file job; rate limit 10/min, bucket 50.
+
+        Returns:
+            The status; URL, byte size and SHA-256 (lower-cased) when AVAILABLE.
 
         Raises:
             BridgeNotFound: no such job.
-            RateLimited, BridgeUnavailable, BridgeError: as :meth:`verify_sync`.
+            RateLimited, BridgeUnavailable: as :meth:`verify_sync`.
+            BridgeError: any other failure, or a status without a value or with a malformed SHA-256.
         """
         request = pb.GetCidFileRequest(job_id=job_id)
-        r: pb.GetCidFileResponse = await self._unary(
+        response: pb.GetCidFileResponse = await self._unary(
             "GetCidFile", lambda: self.stub.GetCidFile(request, timeout=self.deadline_s))
-        if r.status == pb.GetCidFileResponse.STATUS_UNSPECIFIED:
-            raise BridgeError("Bridge GetCidFile answered without a status")
-        available = r.status == pb.GetCidFileResponse.AVAILABLE
-        return CidFileStatus(
-            job_id=r.job_id or job_id,
-            status=pb.GetCidFileResponse.Status.Name(r.status),  # type: ignore[arg-type]
-            url=r.url if available else None,
-            byte_size=r.byte_size if available else None,
-            sha256=r.sha256.lower() if available else None,
-            participant=r.participant or None,
-            key_type=key_type_from_proto(r.key_type) if r.key_type else None,
-            requested_at=datetime_from_proto(r.requested_at) if r.HasField("requested_at") else None,
-        )
+        try:
+            return cid_file_status_from_proto(response, job_id)
+        except ValueError as exc:
+            raise BridgeError(f"Bridge GetCidFile answered a malformed status: {exc}") from exc
 
-    def download_cid_file(self, job_id: str) -> CidFileDownload:
-        """Stream the content of an AVAILABLE CID file.
+    async def wait_for_cid_file(self, job_id: str, *, poll_interval_s: float = 10.0,
+                                timeout_s: float = 3600.0) -> CidFileStatus:
+        """Poll :meth:`get_cid_file` until the job is AVAILABLE.
+
+        The default interval stays within the GetCidFile refill rate (10/min); polls are paced anyway.
+
+        Args:
+            job_id: from :meth:`create_cid_file`.
+            poll_interval_s: pause between polls, seconds.
+            timeout_s: give up after this long, seconds.
 
         Returns:
-            An async iterator of byte chunks (lines of 65 bytes may span chunks); it checks the
-            byte size and SHA-256 announced in the first message once the stream ends.
-        """
-        return CidFileDownload(self, job_id)
+            The AVAILABLE status (URL, byte size, SHA-256).
 
-    async def list_cid_events(self, participant: str, key_type: str, start_time: datetime, end_time: datetime,
-                              limit: int = 200) -> CidEventsPage:
-        """One page of the DICT's CID event log, ascending; rate limit 20/min, 100.
+        Raises:
+            CidFileFailed: the DICT ended the job as ERROR or UNAVAILABLE: request a new file.
+            BridgeUnavailable: not AVAILABLE within ``timeout_s``.
+            BridgeNotFound, RateLimited, BridgeError: as :meth:`get_cid_file`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            status = await self.get_cid_file(job_id)
+            if status.status == "AVAILABLE":
+                return status
+            if status.status in ("ERROR", "UNAVAILABLE"):
+                raise CidFileFailed(f"the DICT ended CID file job {job_id} as {status.status}; request a new file")
+            if loop.time() + poll_interval_s > deadline:
+                raise BridgeUnavailable(f"CID file job {job_id} is still {status.status} after {timeout_s:.0f} s; "
+                                        "poll it again later or request a new file")
+            await asyncio.sleep(poll_interval_s)
+
+    def download_cid_file(self, job_id: str, *, expected_byte_size: int | None = None,
+                          expected_sha256: str | None = None) -> CidFileDownload:
+        """Stream the content of an AVAILABLE CID file (``async for chunk in ...``, or ``.cids()``).
+
+        Args:
+            job_id: an AVAILABLE job.
+            expected_byte_size: size from :meth:`get_cid_file`, bytes; checked when given.
+            expected_sha256: SHA-256 from :meth:`get_cid_file`, 64 hex (any case); checked when given.
+
+        Returns:
+            An async iterator of byte chunks (lines of 65 bytes may span chunks). Once the stream
+            ends it checks the size and SHA-256 announced in the first message (and the expected
+            ones) and raises :class:`~vsync_stream.errors.CidFileCorrupt` on a mismatch: treat the
+            content as provisional until the iteration ends without error.
+        """
+        return CidFileDownload(self, job_id, expected_byte_size=expected_byte_size, expected_sha256=expected_sha256)
+
+    async def list_cid_events(self, participant: str, key_type: str, start_time: datetime,
+                              end_time: datetime | None = None, limit: int = MAX_PAGE_SIZE) -> CidEventsPage:
+        """One page of the DICT's CID event log, ascending; rate limit 20/min, bucket 100.
 
         Args:
             participant: ISPB, 8 digits.
             key_type: one of the five key types.
             start_time: inclusive, aware datetime (pages overlap on their boundary timestamp).
-            end_time: aware datetime.
-            limit: events per page, at most 200.
+            end_time: exclusive, aware datetime; None for no upper bound.
+            limit: events per page, 1..200 (BCB DICT API, "Eventos de CIDs").
+
+        Returns:
+            The page: events, ``has_more_elements`` and the VSyncs after its first and last event.
 
         Raises:
             ValueError: unknown key type, naive datetime, or ``limit`` outside 1..200.
             RateLimited, BridgeUnavailable, BridgeError: as :meth:`verify_sync`.
         """
-        if not 1 <= limit <= 200:
-            raise ValueError("limit must be between 1 and 200 (DICT rule)")
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE} (DICT rule)")
         request = pb.ListCidEventsRequest(participant=participant, key_type=key_type_to_proto(key_type),
-                                          start_time=datetime_to_proto(start_time),
-                                          end_time=datetime_to_proto(end_time), limit=limit)
-        r: pb.ListCidEventsResponse = await self._unary(
+                                          start_time=datetime_to_proto(start_time), limit=limit)
+        if end_time is not None:
+            request.end_time.CopyFrom(datetime_to_proto(end_time))
+        response: pb.ListCidEventsResponse = await self._unary(
             "ListCidEvents", lambda: self.stub.ListCidEvents(request, timeout=self.deadline_s))
-        events = [
-            CidEvent(e.cid.lower(), pb.CidEvent.Type.Name(e.type),  # type: ignore[arg-type]
-                     datetime_from_proto(e.timestamp))
-            for e in r.events
-        ]
-        return CidEventsPage(events, r.has_more_elements, r.vsync_after_first.lower() or None,
-                             r.vsync_after_last.lower() or None)
+        try:
+            return cid_events_page_from_proto(response)
+        except ValueError as exc:
+            raise BridgeError(f"Bridge ListCidEvents answered a malformed page: {exc}") from exc
 
-    async def get_entry_by_cid(self, participant: str, key_type: str, cid: str) -> Entry:
-        """The active entry with that CID, RequestId included; rate limit 1200/min, 36000.
+    def iter_cid_events(self, participant: str, key_type: str, since: datetime, until: datetime | None = None,
+                        *, page_size: int = MAX_PAGE_SIZE) -> CidEventsWalk:
+        """Every CID event of (participant, key type) in ``[since, until)``, in order, each once.
+
+        Walks the pages of :meth:`list_cid_events` and drops the events a page repeats from the
+        previous one (the start time is inclusive, so consecutive pages overlap on their boundary
+        timestamp). Use ``async for event in client.iter_cid_events(...)``; afterwards the walk's
+        ``vsync_after_last`` is the DICT's VSync after the last event.
+
+        Args:
+            participant: ISPB, 8 digits.
+            key_type: one of the five key types.
+            since: inclusive, aware datetime.
+            until: exclusive, aware datetime; None for no upper bound.
+            page_size: events per page, 2..200.
 
         Raises:
-            BridgeNotFound: no active entry of (participant, key type) has that CID.
-            ValueError, RateLimited, BridgeUnavailable, BridgeError: as :meth:`verify_sync`.
+            ValueError: ``page_size`` outside 2..200 (at once); unknown key type or naive datetime
+                (while iterating).
+            BridgeError: while iterating, ``page_size`` or more events share one timestamp, so the
+                log cannot be paged past it (take BACEN's full path, the CID file), or a page is out
+                of order.
+            RateLimited, BridgeUnavailable: while iterating, as :meth:`list_cid_events`.
         """
+        if not 2 <= page_size <= MAX_PAGE_SIZE:
+            # Pages overlap by at least one event, so a page of one never gets past its start.
+            raise ValueError(f"page_size must be between 2 and {MAX_PAGE_SIZE} (DICT rule: at most 200)")
+        return CidEventsWalk(self.list_cid_events, participant, key_type, since, until, page_size)
+
+    async def get_entry_by_cid(self, participant: str, key_type: str, cid: str) -> Entry:
+        """The active entry with that CID, RequestId included; rate limit 1200/min, bucket 36000.
+
+        Args:
+            participant: ISPB, 8 digits.
+            key_type: one of the five key types.
+            cid: 64 hex chars, any case.
+
+        Returns:
+            The entry exactly as the DICT holds it; its :func:`~vsync_stream.domain.cid.compute_cid`
+            is ``cid``.
+
+        Raises:
+            ValueError: unknown key type, or ``cid`` is not 64 hex chars.
+            BridgeNotFound: no active entry of (participant, key type) has that CID.
+            RateLimited, BridgeUnavailable: as :meth:`verify_sync`.
+            BridgeError: any other failure, or an entry that is malformed or does not hash to ``cid``.
+        """
+        cid = normalise_cid(cid)
         request = pb.GetEntryByCidRequest(participant=participant, key_type=key_type_to_proto(key_type), cid=cid)
-        r: pb.GetEntryByCidResponse = await self._unary(
+        response: pb.GetEntryByCidResponse = await self._unary(
             "GetEntryByCid", lambda: self.stub.GetEntryByCid(request, timeout=self.deadline_s))
         try:
-            return entry_from_proto(r.entry)
+            entry = entry_from_proto(response.entry)
+            rebuilt = entry.cid
         except ValueError as exc:
             raise BridgeError(f"Bridge GetEntryByCid answered a malformed entry: {exc}") from exc
-
-
-class CidFileDownload:
-    """Async iterator over the byte chunks of one CID file download (see ``download_cid_file``).
-
-    Opening the stream is retried like a unary call; once data flows, an error ends the download
-    (start it again). ``byte_size`` (bytes) and ``sha256`` (64 hex) are set from the first message.
-
-    Raises (while iterating):
-        BridgeNotFound: no such job; BridgeError: the content does not match the announced size or
-        SHA-256, or the stream broke; RateLimited, BridgeUnavailable: as for unary calls.
-    """
-
-    def __init__(self, client: BridgeClient, job_id: str) -> None:
-        self._client = client
-        self.job_id = job_id
-        self.byte_size: int | None = None
-        self.sha256: str | None = None
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        client, operation = self._client, "DownloadCidFile"
-        request = pb.DownloadCidFileRequest(job_id=self.job_id)
-        call: Any = None
-        first: Any = None
-        async for attempt in client._retrying(operation):
-            with attempt:
-                call = client.stub.DownloadCidFile(request, timeout=client.download_deadline_s)
-                try:
-                    first = await call.read()
-                except grpc.aio.AioRpcError as exc:
-                    call.cancel()
-                    raise map_rpc_error(exc, operation) from exc
-        try:
-            if first is grpc.aio.EOF:
-                raise BridgeError("Bridge DownloadCidFile sent no header message")
-            self.byte_size, self.sha256 = first.byte_size, first.sha256.lower()
-            digest, size, message = hashlib.sha256(), 0, first
-            while message is not grpc.aio.EOF:
-                if message.data:
-                    digest.update(message.data)
-                    size += len(message.data)
-                    yield message.data
-                try:
-                    message = await call.read()
-                except grpc.aio.AioRpcError as exc:
-                    raise map_rpc_error(exc, operation) from exc
-            if size != self.byte_size or digest.hexdigest() != self.sha256:
-                raise BridgeError(
-                    f"CID file {self.job_id} is corrupt: got {size} bytes, expected {self.byte_size}, "
-                    "or the SHA-256 differs; download it again")
-        finally:
-            call.cancel()
+        if rebuilt != cid:
+            raise BridgeError("Bridge GetEntryByCid answered an entry whose CID differs from the one asked for; "
+                              "the Bridge or the DICT changed a hashed field")
+        return entry

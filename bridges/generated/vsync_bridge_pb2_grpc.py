@@ -96,6 +96,7 @@ class DictBridgeServicer:
 
     def DownloadCidFile(self, request, context):
         """Streams the content of an AVAILABLE CID file: one CID per line, each line ending in "\n".
+        Not rate limited by the DICT (the real DICT serves the file from its URL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

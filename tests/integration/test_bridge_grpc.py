@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from vsync_stream.bridges.dict_bridge import BridgeClient, entry_from_proto, entry_to_proto
 from vsync_stream.domain.vsync import EMPTY_VSYNC
-from vsync_stream.errors import BridgeError, BridgeUnavailable, ConfigurationError, RateLimited
+from vsync_stream.errors import BridgeError, BridgeNotFound, BridgeUnavailable, ConfigurationError, RateLimited
 from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import generate_entries
 from vsync_stream.simulator.server import DictSimulator, TokenBucket
@@ -156,21 +156,18 @@ async def test_latency_beyond_the_deadline_gives_bridge_unavailable(
 
 
 @pytest.mark.asyncio
-async def test_unimplemented_operations_raise_bridge_error_without_retry(
+async def test_unknown_objects_raise_bridge_not_found_without_retry(
         simulator: DictSimulator, client: BridgeClient) -> None:
-    now = datetime.now(UTC)
     calls = {
-        "CreateCidFile": client.create_cid_file(P1, "EVP"),
         "GetCidFile": client.get_cid_file("job-1"),
-        "ListCidEvents": client.list_cid_events(P1, "EVP", now - timedelta(days=1), now),
         "GetEntryByCid": client.get_entry_by_cid(P1, "EVP", "0" * 64),
     }
     for operation, call in calls.items():
-        with pytest.raises(BridgeError) as caught:
+        with pytest.raises(BridgeNotFound) as caught:
             await call
-        assert type(caught.value) is BridgeError and not caught.value.retriable
+        assert not caught.value.retriable and caught.value.status_code is grpc.StatusCode.NOT_FOUND
         assert simulator.calls[operation] == 1
-    with pytest.raises(BridgeError):
+    with pytest.raises(BridgeNotFound):
         async for _chunk in client.download_cid_file("job-1"):
             pass
     assert simulator.calls["DownloadCidFile"] == 1
