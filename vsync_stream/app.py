@@ -19,6 +19,7 @@ from vsync_stream.agents.verify import register_verify_timer
 from vsync_stream.bridges.audit_store import AuditStore, VerificationRecord
 from vsync_stream.bridges.dict_bridge import BridgeClient
 from vsync_stream.bridges.kafka_topics import ensure_topics, product_topics
+from vsync_stream.bridges.pacing import parse_rate_limits
 from vsync_stream.bridges.pulsar_source import PulsarSource
 from vsync_stream.dead_letters import dead_letter_record
 from vsync_stream.domain.events import KeyChange, encode_change
@@ -125,12 +126,14 @@ class VsyncApp:
         await audit.start()
         await audit.migrate()
         bridge = BridgeClient(self.settings.bridge_target, deadline_s=self.settings.bridge_deadline_s,
-                              root_cert_path=self.settings.bridge_tls_ca)
+                              root_cert_path=self.settings.bridge_tls_ca,
+                              rate_limits=parse_rate_limits(self.settings.bridge_rate_limits))
         await bridge.start()
         self._audit, self._bridge = audit, bridge
         self._reconciler = Reconciler(
-            self.entries, bridge, verify_pair=self._verify_pair, last_ok=audit.last_ok, send_event=self._send_correction,
-            send_notice=self._send_notice, record=audit.record_reconciliation, workdir=self.settings.reconcile_workdir)
+            self.entries, bridge, verify_pair=self._verify_pair, last_ok=audit.last_ok,
+            send_event=self._send_correction, send_notice=self._send_notice, record=audit.record_reconciliation,
+            workdir=self.settings.reconcile_workdir)
         on_not_ok = self._start_reconciliation if self.settings.auto_reconcile else None
         self._verifier = Verifier(lambda: self.entries.snapshot(required_partitions=self.settings.partitions),
                                   bridge, audit, self.settings.participants, self.settings.key_types, on_not_ok)

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
                                     description="PostgreSQL DSN of the audit store [env: VSYNC_POSTGRES_DSN]")
     bridge_target: str = Field("127.0.0.1:15051", description="Bridge gRPC target host:port [env: VSYNC_BRIDGE_TARGET]")
     bridge_deadline_s: float = Field(5.0, gt=0, description="Deadline of one Bridge call, seconds [env: VSYNC_BRIDGE_DEADLINE_S]")
+    bridge_rate_limits: str = Field("", description="Per-operation overrides of the client's pacing, e.g. 'VerifySync=10/min:50,GetEntryByCid=off'; empty = the DICT's published limits [env: VSYNC_BRIDGE_RATE_LIMITS]")
     bridge_tls_ca: Path | None = Field(None, description="PEM root certificate for TLS to the Bridge; unset = plaintext [env: VSYNC_BRIDGE_TLS_CA]")
 
     # --- domain ---
@@ -87,6 +88,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"participant {ispb!r} is not an 8-digit ISPB (keep leading zeros)")
         if not value:
             raise ValueError("at least one participant ISPB is needed")
+        return value
+
+    @field_validator("bridge_rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: str) -> str:
+        from vsync_stream.bridges.pacing import parse_rate_limits
+
+        parse_rate_limits(value)  # raises ValueError with what is wrong
         return value
 
     @field_validator("api_tokens", mode="before")

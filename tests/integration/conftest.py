@@ -99,14 +99,17 @@ async def pipeline_factory(kafka_bootstrap: str, pulsar_url: str, postgres_dsn: 
     made: list[Pipeline] = []
 
     async def make(participants: list[str] | None = None, partitions: int = 4, start: bool = True,
-                   env_extra: dict[str, str] | None = None, dict_limits: bool = False) -> Pipeline:
+                   env_extra: dict[str, str] | None = None, dict_limits: bool = False,
+                   model: DictModel | None = None) -> Pipeline:
         participants = participants or ["12345678", "00000208"]
         run_id = f"test-{uuid.uuid4().hex[:10]}"
-        model = DictModel()
+        model = model if model is not None else DictModel()  # a test may bring its own (e.g. its clock)
         # The DICT's own limits would make a test wait minutes; relax them (their enforcement is
         # tested in test_bridge_grpc.py) unless the test is about them (``dict_limits``).
         limits = None if dict_limits else {"VerifySync": TokenBucket.per_minute(6000, 1000)}
         simulator = DictSimulator(model, rate_limits=limits)
+        if not dict_limits:
+            env_extra = {"VSYNC_BRIDGE_RATE_LIMITS": "VerifySync=6000/min:1000", **(env_extra or {})}
         port = await simulator.start("127.0.0.1", 0)
         token = secrets.token_urlsafe(16)
         env = run_env(run_id, bridge_target=f"127.0.0.1:{port}", participants=participants, token=token,
