@@ -159,7 +159,8 @@ class AuditStore:
 
     async def record_verifications(self, records: list[VerificationRecord]) -> None:
         """Store one verification round."""
-        rows = [(self.app_id, r.round_id, r.verification_id, r.participant, r.key_type, r.vsync, r.entries, r.result, r.error,
+        rows = [(self.app_id, r.round_id, r.verification_id, r.participant, r.key_type, r.vsync, r.entries, r.result,
+                 r.error,
                  r.trigger, json.dumps({str(k): v for k, v in r.offsets.items()}), r.started_at, r.finished_at)
                 for r in records]
         await self.pool.executemany(
@@ -188,7 +189,8 @@ class AuditStore:
             " changed, result, error, phases, started_at, finished_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15)"
             " ON CONFLICT (id) DO NOTHING",
-            uuid.UUID(run.id), self.app_id, run.participant, run.key_type, run.trigger, run.path, run.attempts, run.added,
+            uuid.UUID(run.id), self.app_id, run.participant, run.key_type, run.trigger, run.path, run.attempts,
+            run.added,
             run.removed, run.changed, run.result or "ERROR", run.error, json.dumps(run.history), run.started_at,
             run.finished_at)
 

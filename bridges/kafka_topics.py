@@ -56,10 +56,14 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_fact
     Raises:
         ConfigurationError: an existing topic has the wrong partition count or configuration; the
             message says what to fix.
-        KafkaError: Kafka cannot be reached.
+        ConfigurationError: Kafka cannot be reached (also).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="vsync-stream-admin")
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise ConfigurationError(f"cannot reach Kafka at {bootstrap} ({exc}); check VSYNC_KAFKA_BOOTSTRAP and that "
+                                 "the brokers run") from None
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]

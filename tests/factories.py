@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 VALID_EVENT: dict[str, Any] = {
@@ -41,3 +43,14 @@ def event_doc(**changes: Any) -> dict[str, Any]:
         else:
             target[parts[-1]] = value
     return doc
+
+
+# BCB's published CID and VSync examples, copied from shared/vectors/official.json so the tests
+# run from any clone.
+OFFICIAL_VECTORS_PATH = Path(__file__).resolve().parent / "data" / "official.json"
+
+
+def official_vectors() -> dict[str, Any]:
+    """The official vectors: ``{"cid": [...], "vsync": [...]}``."""
+    vectors: dict[str, Any] = json.loads(OFFICIAL_VECTORS_PATH.read_text("utf-8"))
+    return vectors

@@ -15,6 +15,7 @@ import click
 from faust.cli.base import cli as faust_cli
 from pydantic import ValidationError
 
+from vsync_stream.errors import VsyncError
 from vsync_stream.settings import Settings
 
 
@@ -64,7 +65,8 @@ async def request_verification(target: str, token: str, timeout_s: float = 120.0
                     return rows
             raise click.ClickException("worker stayed not ready (recovering) for too long")
     except aiohttp.ClientError as exc:
-        raise click.ClickException(f"cannot reach the worker at {target} ({exc}); is `vsync-stream worker` running?") from exc
+        raise click.ClickException(f"cannot reach the worker at {target} ({exc}); "
+                                   "is `vsync-stream worker` running?") from exc
 
 
 @click.command("verify")
@@ -161,24 +163,40 @@ def migrate_command() -> None:
         async with AuditStore(_settings().postgres_dsn.get_secret_value(), max_size=1) as store:
             return await store.migrate()
 
-    click.echo(f"audit schema at version {asyncio.run(run())}")
+    try:
+        click.echo(f"audit schema at version {asyncio.run(run())}")
+    except VsyncError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command("cid")
 @click.argument("entry_file", type=click.File("rb"))
 def cid_command(entry_file: Any) -> None:
-    """Print the CID of an entry (JSON: a bare DICT entry or an event wrapping one; '-' reads stdin)."""
+    """Print the CID of an entry (JSON: a bare DICT entry or an event wrapping one; '-' reads stdin).
+
+    The entry is checked against the event contract first; a breach is reported on stderr as a
+    warning (the DICT's own data is hashed as it is), a missing or mistyped field is an error.
+    """
     import orjson
 
     from vsync_stream.domain.entry import Entry
+    from vsync_stream.domain.events import validate_event_doc
+    from vsync_stream.errors import InvalidEvent
 
     try:
         doc = orjson.loads(entry_file.read())
-        entry_doc = doc.get("entry", doc) if isinstance(doc, dict) else doc
-        entry = Entry.from_json(entry_doc)
-        click.echo(entry.cid)
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise click.ClickException(f"not a DICT entry: {type(exc).__name__}: {exc}") from None
+    except orjson.JSONDecodeError as exc:
+        raise click.ClickException(f"not JSON (UTF-8): {exc.msg}") from None
+    entry_doc = doc.get("entry", doc) if isinstance(doc, dict) else doc
+    event = {"eventId": "00000000-0000-4000-8000-000000000000", "action": "key.created",
+             "occurredAt": "2000-01-01T00:00:00Z", "entry": entry_doc}
+    try:
+        validate_event_doc(event)
+    except InvalidEvent as exc:
+        if exc.code in ("missing_field", "wrong_type", "not_an_object", "unknown_key_type", "request_id_not_uuid"):
+            raise click.ClickException(f"not a DICT entry: {exc.reason}") from None
+        click.echo(f"warning: {exc.reason} ({exc.code}); hashing the values as given", err=True)
+    click.echo(Entry.from_json(entry_doc).cid)
 
 
 @click.command("settings")
@@ -186,7 +204,7 @@ def settings_command() -> None:
     """List every setting with its environment variable, default and meaning."""
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        shown = "(secret)" if "dsn" in name or "token" in name else default
+        shown = "(secret)" if ("dsn" in name or "token" in name) and default else default
         click.echo(f"VSYNC_{name.upper():<28} default={shown!s:<45} {field.description or ''}")
 
 
@@ -208,7 +226,11 @@ def main() -> None:
 
     try:
         settings = _settings()
+        app = create_app(settings)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
-    create_app(settings).faust.main()
+    except VsyncError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    app.faust.main()

@@ -76,7 +76,8 @@ async def _wait_forever() -> None:
 @click.command("demo")
 @click.option("--participants", default="12345678,00000208", show_default=True,
               help="Comma-separated ISPBs of the direct participant and its indirect ones.")
-@click.option("--entries", default=100_000, show_default=True, help="Entries in the simulator's population.")
+@click.option("--entries", default=105_000, show_default=True,
+              help="Entries created in the simulator (the deletes leave at least 100,000).")
 @click.option("--updates", default=10_000, show_default=True, help="Update events after the creations.")
 @click.option("--deletes", default=5_000, show_default=True, help="Delete events after the updates.")
 @click.option("--seed", default=20261129, show_default=True, help="Seed of the generated population.")

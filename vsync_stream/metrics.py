@@ -10,7 +10,8 @@ EVENTS_FOLDED = Counter("vsync_events_folded_total", "Key events applied to the 
 EVENTS_DUPLICATE = Counter("vsync_events_duplicate_total", "Key events already applied (same event id)")
 EVENTS_STALE = Counter("vsync_events_stale_total", "Key events older than the table's state for the key")
 DEAD_LETTERS = Counter("vsync_dead_letters_total", "Events stored in the dead-letter topic", ["stage", "reason"])
-VERIFICATIONS = Counter("vsync_verifications_total", "Sync verifications by result", ["participant", "key_type", "result"])
+VERIFICATIONS = Counter("vsync_verifications_total", "Sync verifications by result",
+                        ["participant", "key_type", "result"])
 VERIFICATION_SECONDS = Histogram("vsync_verification_duration_seconds", "Duration of one verification round")
 LAST_OK = Gauge("vsync_last_ok_timestamp_seconds", "Unix time of the last OK", ["participant", "key_type"])
 ENTRIES = Gauge("vsync_entries", "Active entries held by this worker", ["participant", "key_type"])

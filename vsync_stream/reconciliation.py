@@ -108,7 +108,8 @@ class Reconciler:
 
     def __init__(self, table: Table, bridge: Any, verify_pair: Callable[[str, str], Awaitable[str]],
                  last_ok: Callable[[str, str], Awaitable[datetime | None]],
-                 send_event: Callable[[KeyChange], Awaitable[None]], send_notice: Callable[[dict[str, Any]], Awaitable[None]],
+                 send_event: Callable[[KeyChange], Awaitable[None]],
+                 send_notice: Callable[[dict[str, Any]], Awaitable[None]],
                  record: Callable[[Reconciliation], Awaitable[None]], workdir: Path | None = None,
                  max_attempts: int = 3) -> None:
         self.table, self.bridge = table, bridge

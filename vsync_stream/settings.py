@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vsync_stream.domain.keys import KEY_TYPES
+from vsync_stream.errors import ConfigurationError
 
 
 def _csv(value: object) -> object:
@@ -88,6 +89,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"participant {ispb!r} is not an 8-digit ISPB (keep leading zeros)")
         if not value:
             raise ValueError("at least one participant ISPB is needed")
+        if len(set(value)) != len(value):
+            raise ValueError("a participant ISPB is listed more than once")
         return value
 
     @field_validator("bridge_rate_limits")
@@ -107,7 +110,12 @@ class Settings(BaseSettings):
         """All accepted bearer tokens: ``api_tokens`` plus the lines of ``api_tokens_file``."""
         found = [t.get_secret_value() for t in self.api_tokens]
         if self.api_tokens_file is not None:
-            found += [ln.strip() for ln in self.api_tokens_file.read_text("utf-8").splitlines() if ln.strip()]
+            try:
+                text = self.api_tokens_file.read_text("utf-8")
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read VSYNC_API_TOKENS_FILE {self.api_tokens_file}: "
+                                         f"{exc.strerror}") from None
+            found += [ln.strip() for ln in text.splitlines() if ln.strip()]
         return found
 
     @property

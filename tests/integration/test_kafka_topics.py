@@ -36,7 +36,8 @@ async def test_missing_topics_are_created_with_their_shape_and_a_second_call_is_
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:
-        described = {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics([key_events, changelog, dead])}
+        topics = await admin.describe_topics([key_events, changelog, dead])
+        described = {d["topic"]: len(d["partitions"]) for d in topics}
     finally:
         await admin.close()
     assert described == {key_events: 6, changelog: 6, dead: 1}

@@ -1,15 +1,13 @@
-"""CID and VSync against BCB's official vectors (shared/vectors/official.json)."""
-
-import json
-from pathlib import Path
+"""CID and VSync against BCB's official vectors (tests/data/official.json, from shared/vectors)."""
 
 import pytest
 
+from tests.factories import official_vectors
 from vsync_stream.domain.cid import cid_of, compute_cid, entry_attributes, normalise_cid, request_id_bytes
 from vsync_stream.domain.entry import Entry
 from vsync_stream.domain.vsync import EMPTY_VSYNC, VSyncLedger, vsync_hex, xor_cids
 
-VECTORS = json.loads((Path(__file__).resolve().parents[3] / "shared" / "vectors" / "official.json").read_text())
+VECTORS = official_vectors()
 
 
 def _entry(raw: dict, request_id: str) -> Entry:

@@ -6,10 +6,10 @@ import dataclasses
 import json
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.factories import OFFICIAL_VECTORS_PATH
 from vsync_stream.domain.entry import Entry
 from vsync_stream.domain.events import KeyEvent, change_of, event_to_json, validate_event_doc
 from vsync_stream.domain.fold import EntryState, fold
@@ -17,7 +17,7 @@ from vsync_stream.domain.vsync import EMPTY_VSYNC, VSyncLedger, vsync_hex, xor_c
 from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import PopulationGenerator, random_update_changes
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "official.json"
+VECTORS = OFFICIAL_VECTORS_PATH
 P1, P2 = "12345678", "00000208"
 
 
