@@ -83,6 +83,23 @@ BAD = [
     ("email_not_lower_case", orjson.dumps(event_doc(entry__keyType="EMAIL", entry__key="A@b.com"))),
     ("evp_format", orjson.dumps(event_doc(entry__keyType="EVP", entry__key="not-a-uuid"))),
     ("participant_not_8_digits", orjson.dumps(event_doc(entry__account__participant="12345678\n"))),
+    ("event_id_not_uuid", orjson.dumps(event_doc(eventId="evt-1"))),
+    ("invalid_version", orjson.dumps(event_doc(version=-1))),
+    ("unknown_owner_type", orjson.dumps(event_doc(entry__owner__type="ROBOT"))),
+    ("tax_id_invalid", orjson.dumps(event_doc(entry__owner__taxIdNumber="111.222.333-00"))),
+    ("trade_name_invalid", orjson.dumps(event_doc(entry__owner__type="LEGAL_PERSON",
+                                                  entry__owner__taxIdNumber="11222333000181",
+                                                  entry__owner__tradeName="y" * 121))),
+    ("trade_name_for_natural_person", orjson.dumps(event_doc(entry__owner__tradeName="Loja"))),
+    ("cnpj_check_digits", orjson.dumps(event_doc(entry__keyType="CNPJ", entry__key="11222333000180"))),
+    ("email_too_long", orjson.dumps(event_doc(entry__keyType="EMAIL", entry__key="a" * 70 + "@b.com.br"))),
+    ("owner_name_invalid", orjson.dumps(event_doc(entry__owner__name=""))),
+    ("key_format", orjson.dumps(event_doc(entry__key=""))),
+    ("wrong_type", orjson.dumps(event_doc(entry__account__participant=12345678))),
+    ("missing_field", orjson.dumps(event_doc(entry__account=...))),
+    ("opening_date_invalid", orjson.dumps(event_doc(entry__account__openingDate="x" * 41))),
+    ("invalid_reason", orjson.dumps(event_doc(reason="r" * 65))),
+    ("wrong_type", orjson.dumps(event_doc(entry="not an object"))),
     ("request_id_not_uuid", orjson.dumps(event_doc(entry__requestId="01020304-0506-0708-090a-0b0c0d0e0f10\n"))),
 ]
 
@@ -93,3 +110,20 @@ def test_each_rejection_has_its_code_and_a_reason(code: str, payload: bytes) -> 
         decode_event(payload)
     assert info.value.code == code
     assert info.value.reason and "João" not in info.value.reason and "11122233300" not in info.value.reason
+
+
+def test_the_catalogue_has_at_least_25_distinct_reasons() -> None:
+    # Each kind of bad input has its own code: the dead-letter reason and the metric label.
+    assert len({code for code, _ in BAD}) >= 25
+
+
+def test_key_events_records_are_checked_too() -> None:
+    from vsync_stream.domain.events import change_of, decode_change, encode_change
+
+    change = change_of(decode_event(orjson.dumps(event_doc())))
+    assert decode_change(encode_change(change)) == change
+    for bad in [b"[1, 2]", b"[1," + b"x" * 10, orjson.dumps([1, "e", "key.created", 0, None, "k", "PHONE", "1234",
+                                                            None, None, None])]:
+        with pytest.raises(InvalidEvent) as info:
+            decode_change(bad)
+        assert info.value.code == "malformed_record"
