@@ -209,12 +209,13 @@ def settings_command() -> None:
 
 
 def _register_own_commands() -> None:
+    from vsync_stream.cidtools import diff_command, vsync_command
     from vsync_stream.demo import demo_command
     from vsync_stream.drill import drill_command
     from vsync_stream.simulator.cli import simulator_command
 
     for command in (verify_command, reconcile_command, migrate_command, cid_command, settings_command,
-                    simulator_command, demo_command, drill_command):
+                    vsync_command, diff_command, simulator_command, demo_command, drill_command):
         if command.name not in faust_cli.commands:
             faust_cli.add_command(command)
 

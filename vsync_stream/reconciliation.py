@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from vsync_stream.domain.cidset import CidDiffSummary, CidSetDiff
 from vsync_stream.domain.entry import Entry
 from vsync_stream.domain.events import KeyChange, change_of
 from vsync_stream.domain.fold import EntryState, is_older
@@ -224,8 +225,12 @@ class Reconciler:
                     out.write(chunk)
                     run.done += len(chunk)
             self._phase(run, "diffing local CIDs against the CID file")
-            only_dict, only_local_cids = await asyncio.to_thread(
+            only_dict, only_local_cids, summary = await asyncio.to_thread(
                 diff_file_with_local, path, self._pair_cids(run), Path(tmp), self._progress(run))
+        log.info("reconciliation %s: CID file of %d CIDs vs %d local: %d only at the DICT, %d only local",
+                 run.id, summary.remote_count, summary.local_count, summary.only_remote, summary.only_local)
+        if summary.remote_duplicates:
+            log.warning("reconciliation %s: the DICT's CID file repeats %d CIDs", run.id, summary.remote_duplicates)
         only_local = self._local_cids(run, only_local_cids)
         await self._correct(run, only_dict, only_local)
 
@@ -313,25 +318,20 @@ class Reconciler:
 
 
 def diff_file_with_local(cid_file: Path, local_cids: Iterator[str], workdir: Path,
-                         progress: Callable[[int], None]) -> tuple[set[str], set[str]]:
-    """Exact difference between the DICT's CID file and the local CIDs (64 hex each).
+                         progress: Callable[[int], None]) -> tuple[set[str], set[str], CidDiffSummary]:
+    """Exact, streaming difference between the DICT's CID file and the local CIDs (64 hex each).
 
-    Returns:
-        ``(only_dict, only_local)`` as sets of lower-case hex CIDs (the differences are small; the
-        inputs are streamed).
+    Both sides go through ``CidSetDiff`` (radix buckets on disk), so memory stays bounded whatever
+    the number of CIDs; only the differences are returned as sets.
+
+    Raises:
+        InvalidEntry: a line of the CID file is malformed (its number is in the message).
     """
-    dict_cids: set[str] = set()
-    with cid_file.open("rb") as fh:
-        for line in fh:
-            dict_cids.add(line.strip().decode("ascii").lower())
-    progress(len(dict_cids))
-    only_local: set[str] = set()
-    for cid in local_cids:
-        if cid in dict_cids:
-            dict_cids.discard(cid)
-        else:
-            only_local.add(cid)
-    return dict_cids, only_local
+    with CidSetDiff(workdir, progress=lambda _phase, n: progress(n)) as diff:
+        diff.remote.add_cid_file(cid_file)
+        diff.local.extend_hex(local_cids)
+        summary = diff.finish()
+        return set(diff.only_remote()), set(diff.only_local()), summary
 
 
 def _notice(run: Reconciliation, correction: Correction) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def test_names_are_hashed_as_given_without_normalisation() -> None:
 def test_normalise_cid_accepts_upper_case_and_rejects_garbage() -> None:
     cid = VECTORS["cid"][0]["cid"]
     assert normalise_cid(cid.upper()) == cid
-    for bad in ["", cid[:-1], cid + "0", "g" * 64, "+" + cid[1:], "_" + cid[1:]]:
+    for bad in ["", cid[:-1], cid + "0", "g" * 64, "+" + cid[1:], "_" + cid[1:], "0x" + cid[2:], " " + cid[1:]]:
         with pytest.raises(ValueError):
             normalise_cid(bad)
 
