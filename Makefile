@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 KEEP ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: install proto stack-up stack-down stack-status demo drill test unit lint clean
+.PHONY: install proto stack-up stack-down stack-status demo drill bench-diff test unit lint clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ drill: install
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/vsync-stream drill $(DRILL_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
+
+# The product's streaming CID diff against a plain Python-set baseline, side by side (10 M + 10 M).
+bench-diff: install
+	$(BIN)/python benchmarks/bench_diff.py $(BENCH_ARGS)
 
 test: install
 	$(STACK) up
