@@ -11,6 +11,7 @@ only infrastructure errors (Kafka, RocksDB) escape and restart the agent.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,6 +36,7 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
     async def fold_key_events(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for batch in stream.take_events(BATCH_MAX, BATCH_WITHIN_S):
             writes: dict[int, dict[bytes, bytes]] = {}
+            dead: list[Any] = []
             folded = duplicate = stale = 0
             for event in batch:
                 message = event.message
@@ -46,7 +48,7 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
                 except InvalidEvent as exc:
                     record = dead_letter_record(event.value or b"", exc, stage="fold", source={
                         "topic": message.topic, "partition": message.partition, "offset": message.offset})
-                    await dead_letters.send(key=event.key, value=record)
+                    dead.append(await dead_letters.send(key=event.key, value=record))
                     continue
                 partition = message.partition
                 pstate = entries.partition_state(partition)
@@ -74,6 +76,8 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
             for partition, items in writes.items():
                 if items:
                     entries.write_batch(partition, items)
+            if dead:  # the batch's offsets are acknowledged only once Kafka holds its dead letters (I3)
+                await asyncio.gather(*dead)
             EVENTS_FOLDED.inc(folded)
             EVENTS_DUPLICATE.inc(duplicate)
             EVENTS_STALE.inc(stale)

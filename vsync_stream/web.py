@@ -64,9 +64,9 @@ def register_views(vapp: VsyncApp) -> None:
     async def vsync_view(self: View, request: Request) -> Response:
         try:
             cut = vapp.entries.snapshot()
+            latest = await vapp.audit().latest_per_pair()
         except StateNotReady as exc:
             return not_ready(self, exc)
-        latest = await vapp.audit().latest_per_pair()
         rows: list[dict[str, Any]] = []
         for participant in vapp.settings.participants:
             for key_type in vapp.settings.key_types:
@@ -86,7 +86,10 @@ def register_views(vapp: VsyncApp) -> None:
             limit = max(1, min(int(request.query.get("limit", "100")), 1000))
         except ValueError:
             return self.error(400, "limit must be an integer from 1 to 1000")
-        records = await vapp.audit().recent_verifications(limit)
+        try:
+            records = await vapp.audit().recent_verifications(limit)
+        except StateNotReady as exc:
+            return not_ready(self, exc)
         return self.json({"verifications": [r.to_json() for r in records]})
 
     class VerifyView(View):
