@@ -11,9 +11,15 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 KEEP ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: install proto stack-up stack-down stack-status demo drill bench-diff test unit lint clean
+.PHONY: system-deps install proto stack-up stack-down stack-status demo drill bench-diff test unit lint clean
 
 install: $(STAMP)
+
+# Debian packages the tests use: Chromium (status page test) and promtool (alert rules check).
+system-deps:
+	@command -v chromium >/dev/null && command -v promtool >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium prometheus >/dev/null; }
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,7 +60,7 @@ drill: install
 bench-diff: install
 	$(BIN)/python benchmarks/bench_diff.py $(BENCH_ARGS)
 
-test: install
+test: install system-deps
 	$(STACK) up
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \

@@ -182,6 +182,13 @@ class AuditStore:
             self.app_id, participant, key_type)
         return value
 
+    async def last_ok_per_pair(self) -> dict[tuple[str, str], datetime]:
+        """When every (participant, key type) verified OK at least once was last verified OK."""
+        rows = await self.pool.fetch(
+            "SELECT participant, key_type, max(finished_at) AS at FROM verifications"
+            " WHERE app_id = $1 AND result = 'OK' GROUP BY participant, key_type", self.app_id)
+        return {(row["participant"], row["key_type"]): row["at"] for row in rows}
+
     async def record_reconciliation(self, run: Any) -> None:
         """Store a finished reconciliation run (a ``vsync_stream.reconciliation.Reconciliation``)."""
         await self.pool.execute(

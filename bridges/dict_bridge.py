@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ from vsync_stream.bridges.pacing import DICT_RATE_LIMITS, Pacer, RateLimit
 from vsync_stream.domain.cid import normalise_cid
 from vsync_stream.domain.entry import Entry
 from vsync_stream.errors import BridgeError, BridgeUnavailable, CidFileFailed, ConfigurationError
+from vsync_stream.metrics import BRIDGE_ERRORS, BRIDGE_SECONDS
 
 __all__ = [
     "DICT_RATE_LIMITS", "MAX_PAGE_SIZE", "RETRY_AFTER_TRAILER", "BridgeClient", "CidEvent", "CidEventsPage",
@@ -218,10 +220,14 @@ class BridgeClient:
             with attempt:
                 # Every attempt may reach the DICT and spend a token there, so each one takes a token.
                 await self.pacer.acquire(operation)
+                started = time.perf_counter()
                 try:
                     return await call()
                 except grpc.aio.AioRpcError as exc:
+                    BRIDGE_ERRORS.labels(method=operation, code=exc.code().name).inc()
                     raise map_rpc_error(exc, operation) from exc
+                finally:
+                    BRIDGE_SECONDS.labels(method=operation).observe(time.perf_counter() - started)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     # -------------------------------------------------------------- operations

@@ -20,15 +20,20 @@ enough tokens for ``margin_s`` seconds (at least one; never its whole bucket).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
+import time
+import weakref
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from aiolimiter import AsyncLimiter
+
+from vsync_stream.metrics import BRIDGE_PACING_WAIT, BRIDGE_TOKENS
 
 __all__ = ["DICT_RATE_LIMITS", "Pacer", "RateLimit", "parse_rate_limits", "reserve_tokens"]
 
@@ -153,6 +158,29 @@ class Pacer:
             self._limiters[op] = AsyncLimiter(usable, usable / limit.refill_per_s)
         self.waits: Counter[str] = Counter()
         self.waited_s: dict[str, float] = {}
+        ref = weakref.ref(self)  # the gauge reads the newest Pacer at scrape time, without keeping it alive
+        for op in self._limiters:
+            BRIDGE_TOKENS.labels(method=op).set_function(functools.partial(_tokens_left, ref, op))
+        for op in set(limits) - set(self._limiters):  # pacing turned off: no bucket to report
+            try:
+                BRIDGE_TOKENS.remove(op)
+            except KeyError:
+                pass
+
+    def tokens_left(self, operation: str) -> float:
+        """Tokens the client may still take from ``operation``'s bucket now (reserve excluded).
+
+        Returns:
+            Between 0 and the usable capacity; ``inf`` when the operation is not paced.
+        """
+        limiter = self._limiters.get(operation)
+        if limiter is None:
+            return math.inf
+        # aiolimiter (pinned < 2) keeps the bucket's level and when it last leaked it; the loop's clock
+        # is time.monotonic(). Read without leaking, so a scrape changes nothing.
+        elapsed = max(0.0, time.monotonic() - limiter._last_check)
+        level = max(0.0, limiter._level - elapsed * limiter._rate_per_sec)
+        return max(0.0, limiter.max_rate - level)
 
     async def acquire(self, operation: str) -> float:
         """Take one token of ``operation``'s bucket, waiting (asynchronously) until there is one.
@@ -171,8 +199,15 @@ class Pacer:
         log.debug("Bridge %s paced: waiting for a token of the DICT's bucket", operation)
         await limiter.acquire()
         waited = loop.time() - started
+        BRIDGE_PACING_WAIT.labels(method=operation).inc(waited)
         self.waits[operation] += 1
         self.waited_s[operation] = self.waited_s.get(operation, 0.0) + waited
         if waited >= 1.0:
             log.info("Bridge %s paced by the DICT's rate limit: waited %.1f s for a token", operation, waited)
         return waited
+
+
+def _tokens_left(ref: weakref.ref[Pacer], operation: str) -> float:
+    """What the tokens gauge reads at scrape time: NaN once the Pacer is gone."""
+    pacer = ref()
+    return pacer.tokens_left(operation) if pacer is not None else math.nan

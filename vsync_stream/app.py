@@ -24,6 +24,7 @@ from vsync_stream.bridges.pulsar_source import PulsarSource
 from vsync_stream.dead_letters import dead_letter_record
 from vsync_stream.domain.events import KeyChange, encode_change
 from vsync_stream.errors import InvalidEvent, StateNotReady
+from vsync_stream.logging_setup import faust_logging_config
 from vsync_stream.names import ENTRIES_TABLE, changelog_topic
 from vsync_stream.reconciliation import Reconciler
 from vsync_stream.settings import Settings
@@ -87,6 +88,7 @@ class VsyncApp:
             web_port=settings.web_port,
             web_in_thread=False,
             timezone=None,
+            logging_config=faust_logging_config(settings.log_format),
         )
         self.key_events = self.faust.topic(
             settings.key_events_topic, key_type=bytes, value_type=bytes, key_serializer="raw",

@@ -200,8 +200,14 @@ def cid_command(entry_file: Any) -> None:
 
 
 @click.command("settings")
-def settings_command() -> None:
+@click.option("--markdown", is_flag=True, help="Print the Markdown table of README.md's configuration reference.")
+def settings_command(markdown: bool) -> None:
     """List every setting with its environment variable, default and meaning."""
+    if markdown:
+        from vsync_stream.settings_doc import render_settings_table
+
+        click.echo(render_settings_table(), nl=False)
+        return
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
         shown = "(secret)" if ("dsn" in name or "token" in name) and default else default
@@ -220,6 +226,18 @@ def _register_own_commands() -> None:
             faust_cli.add_command(command)
 
 
+def quiet_for_json_logs(argv: list[str], log_format: str) -> list[str]:
+    """``argv`` with Faust's ``--quiet`` before ``worker`` when the logs are JSON lines.
+
+    Faust prints a start-up banner and a spinner on the console, outside logging; ``--quiet`` drops
+    only those (log records are unaffected), so every line a JSON-logging worker writes is JSON.
+    """
+    if log_format != "json" or "worker" not in argv[1:] or {"-q", "--quiet"} & set(argv):
+        return argv
+    at = argv.index("worker", 1)
+    return [*argv[:at], "--quiet", *argv[at:]]
+
+
 def main() -> None:
     """Entry point of the ``vsync-stream`` console script."""
     _register_own_commands()
@@ -234,4 +252,5 @@ def main() -> None:
     except VsyncError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    sys.argv = quiet_for_json_logs(sys.argv, settings.log_format)
     app.faust.main()

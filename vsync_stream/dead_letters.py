@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +12,10 @@ import orjson
 
 from vsync_stream.errors import InvalidEvent
 from vsync_stream.metrics import DEAD_LETTERS
+
+log = logging.getLogger(__name__)
+
+_UUID = re.compile(rb'"eventId"\s*:\s*"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"')
 
 
 def dead_letter_record(payload: bytes, error: InvalidEvent, *, stage: str, source: dict[str, Any]) -> bytes:
@@ -25,6 +31,11 @@ def dead_letter_record(payload: bytes, error: InvalidEvent, *, stage: str, sourc
         JSON bytes: ``{"reason", "detail", "stage", "source", "rejectedAt", "payloadBase64"}``.
     """
     DEAD_LETTERS.labels(stage=stage, reason=error.code).inc()
+    # Only the event id, and only when it is a UUID: the payload may hold anything, personal data included.
+    found = _UUID.search(payload[:4096])
+    event_id = found.group(1).decode("ascii").lower() if found else None
+    log.warning("event dead-lettered at %s: %s (%s)", stage, error.code, error.reason,
+                extra={"event_id": event_id, "reason": error.code, "stage": stage})
     return orjson.dumps(
         {
             "reason": error.code,

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Bearer tokens allowed to change state or see personal data, comma-separated [env: VSYNC_API_TOKENS]")
     api_tokens_file: Path | None = Field(None, description="File with one bearer token per line, added to api_tokens [env: VSYNC_API_TOKENS_FILE]")
     log_level: str = Field("info", description="Log level of the worker [env: VSYNC_LOG_LEVEL]")
+    log_format: Literal["text", "json"] = Field("text", description="Worker log format: Faust's text lines, or one JSON object per line with correlation ids [env: VSYNC_LOG_FORMAT]")
 
     @field_validator("participants", mode="before")
     @classmethod

@@ -19,7 +19,8 @@ from typing import Protocol
 from vsync_stream.bridges.audit_store import VerificationRecord
 from vsync_stream.domain.vsync import vsync_hex
 from vsync_stream.errors import BridgeError
-from vsync_stream.metrics import LAST_OK, VERIFICATION_SECONDS, VERIFICATIONS
+from vsync_stream.logging_setup import log_context
+from vsync_stream.metrics import LAST_OK, VERIFICATION_SECONDS, VERIFICATIONS, record_last_result
 from vsync_stream.tables.entries import Snapshot
 
 log = logging.getLogger(__name__)
@@ -84,16 +85,17 @@ class Verifier:
             round_id = str(uuid.uuid4())
             if pairs is None:
                 pairs = [(p, t) for p in self.participants for t in self.key_types]
-            records = [await self._verify_pair(round_id, cut, p, t, trigger) for p, t in pairs]
-            await self._audit.record_verifications(records)
-            VERIFICATION_SECONDS.observe(time.perf_counter() - started)
-            nok = [f"{r.participant}/{r.key_type}" for r in records if r.result != "OK"]
-            if self._on_not_ok is not None:
-                for record in records:
-                    if record.result == "NOK":
-                        self._on_not_ok(record)
-            log.info("verification round %s (%s): %d pairs, %d not OK %s", round_id, trigger, len(records),
-                     len(nok), nok)
+            with log_context(round_id=round_id, trigger=trigger):
+                records = [await self._verify_pair(round_id, cut, p, t, trigger) for p, t in pairs]
+                await self._audit.record_verifications(records)
+                VERIFICATION_SECONDS.observe(time.perf_counter() - started)
+                nok = [f"{r.participant}/{r.key_type}" for r in records if r.result != "OK"]
+                if self._on_not_ok is not None:
+                    for record in records:
+                        if record.result == "NOK":
+                            self._on_not_ok(record)  # a reconciliation started here carries the round id
+                log.info("verification round %s (%s): %d pairs, %d not OK %s", round_id, trigger, len(records),
+                         len(nok), nok)
             return records
 
     async def _verify_pair(self, round_id: str, cut: Snapshot, participant: str, key_type: str,
@@ -111,6 +113,7 @@ class Verifier:
         VERIFICATIONS.labels(participant=participant, key_type=key_type, result=result).inc()
         if result == "OK":
             LAST_OK.labels(participant=participant, key_type=key_type).set(time.time())
+        record_last_result(participant, key_type, result, time.time())
         return VerificationRecord(
             round_id=round_id, verification_id=verification_id, participant=participant, key_type=key_type,
             vsync=vsync, entries=cut.ledger.count(participant, key_type), result=result, error=error,

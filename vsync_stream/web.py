@@ -14,6 +14,8 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from vsync_stream.errors import StateNotReady, VsyncError
+from vsync_stream.metrics import MetricsRefresher
+from vsync_stream.status_page import CONTENT_SECURITY_POLICY, STATUS_HTML
 
 if TYPE_CHECKING:
     from vsync_stream.app import VsyncApp
@@ -169,6 +171,27 @@ def register_views(vapp: VsyncApp) -> None:
                           "ledger": {"checks": entries.checks, "drifted": entries.drift_events,
                                      "lastDrift": entries.last_drift}}, status=200)
 
+    refresher = MetricsRefresher(vapp.settings.participants, vapp.settings.key_types, vapp.settings.partitions)
+
     @app.page("/metrics")
     async def metrics_view(self: View, request: Request) -> Response:
+        refresher.refresh_table(vapp.entries)
+        # Faust's private attributes, read-only: ``app.consumer`` would create a consumer if none ran
+        # yet, and the committed offsets (next offset to read, per partition) have no public getter;
+        # they serve only partitions this worker has not folded anything in since it started.
+        consumer = getattr(app, "_consumer", None)
+        refresher.refresh_lag(consumer, vapp.entries, vapp.settings.key_events_topic,
+                              getattr(consumer, "_committed_offset", None))
+        try:
+            refresher.refresh_reconciliations(vapp.reconciler().running())
+            audit = vapp.audit()
+        except StateNotReady:
+            pass
+        else:
+            await refresher.refresh_audit(audit.latest_per_pair, audit.last_ok_per_pair)
         return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/status")
+    async def status_view(self: View, request: Request) -> Response:
+        return self.html(STATUS_HTML, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                                               "Cache-Control": "no-store"})
