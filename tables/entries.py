@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import orjson
 import rocksdict
 from faust.types import TP
 
@@ -24,6 +25,11 @@ from vsync_stream.errors import StateNotReady
 from vsync_stream.metrics import LEDGER_DRIFT
 
 log = logging.getLogger(__name__)
+
+
+def pair_prefix(participant: str, key_type: str) -> bytes:
+    """The first bytes of every encoded :class:`EntryState` of (participant, key type)."""
+    return orjson.dumps([participant, key_type])[:-1] + b","
 
 
 @dataclass(slots=True)
@@ -118,6 +124,49 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         if pstate is None:
             pstate = self.partition_states[partition] = PartitionState(self.scan_partition(partition))
         return pstate
+
+    def iter_pair(self, participant: str, key_type: str) -> Iterator[tuple[bytes, EntryState]]:
+        """The active rows of one (participant, key type) in every local partition.
+
+        Rows of other pairs are skipped on their encoded prefix, without decoding them. Safe to
+        run in a worker thread: RocksDB iterators read a consistent snapshot.
+        """
+        prefix = pair_prefix(participant, key_type)
+        store = self.data
+        for partition in sorted(self.partition_states):
+            db = store._db_for_partition(partition)
+            for key, value in store._visible_items(db):
+                if value.startswith(prefix):
+                    state = EntryState.decode(value)
+                    if state.cid is not None:
+                        yield key, state
+
+    def find_cids(self, wanted: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], dict[str, str]]:
+        """Find the Pix keys that hold given CIDs, for several (participant, key type) at once.
+
+        One pass over the local partitions serves every pair (a reconciliation of each NOK pair
+        asks at the same time). Safe to run in a worker thread.
+
+        Args:
+            wanted: (participant, key type) → CIDs (64 lower-case hex) looked for.
+
+        Returns:
+            (participant, key type) → {CID: Pix key} for the CIDs found active locally.
+        """
+        prefixes = {pair_prefix(p, t): (p, t) for p, t in wanted}
+        found: dict[tuple[str, str], dict[str, str]] = {pair: {} for pair in wanted}
+        store = self.data
+        for partition in sorted(self.partition_states):
+            db = store._db_for_partition(partition)
+            for key, value in store._visible_items(db):
+                end = value.find(b'"', 13)  # ["<ISPB>","<key type>",…: the key type's closing quote
+                pair = prefixes.get(value[:end + 2])
+                if pair is None:
+                    continue
+                state = EntryState.decode(value)
+                if state.cid is not None and state.cid in wanted[pair]:
+                    found[pair][state.cid] = key.decode("utf-8")
+        return found
 
     def scan_partition(self, partition: int) -> VSyncLedger:
         """Recompute a partition's ledger from its rows (O(rows))."""

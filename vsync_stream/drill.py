@@ -32,8 +32,12 @@ async def wait_reconciliations(base_url: str, timeout_s: float) -> list[dict[str
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         while time.monotonic() < deadline:
-            async with session.get(f"{base_url}/reconciliations") as resp:
-                doc = await resp.json()
+            try:
+                async with session.get(f"{base_url}/reconciliations") as resp:
+                    doc = await resp.json()
+            except (TimeoutError, aiohttp.ClientError):  # a busy worker answers late: ask again
+                await asyncio.sleep(0.5)
+                continue
             if not doc["running"]:
                 recent: list[dict[str, Any]] = doc["recent"]
                 return recent

@@ -38,6 +38,7 @@ from vsync_stream.domain.reconcile import (
     plan_corrections,
 )
 from vsync_stream.errors import BridgeError, StateNotReady, VsyncError
+from vsync_stream.logging_setup import log_context
 from vsync_stream.metrics import CORRECTIONS, RECONCILIATION_SECONDS, RECONCILIATIONS
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 CID_FILE_POLL_S = 0.5
 CID_FILE_WAIT_S = 1800.0
 APPLY_WAIT_S = 120.0
+SCAN_GATHER_S = 0.2
 
 
 class ReconciliationFailed(VsyncError):
@@ -88,7 +90,8 @@ class Table(Protocol):
     recovering: bool
     partition_states: dict[int, Any]
 
-    def iter_partition(self, partition: int) -> Iterator[tuple[bytes, EntryState]]: ...
+    def iter_pair(self, participant: str, key_type: str) -> Iterator[tuple[bytes, EntryState]]: ...
+    def find_cids(self, wanted: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], dict[str, str]]: ...
     def get(self, key: bytes) -> bytes | None: ...
 
 
@@ -119,6 +122,8 @@ class Reconciler:
         self.workdir = workdir
         self.max_attempts = max_attempts
         self.runs: dict[str, Reconciliation] = {}
+        self._lookups: list[tuple[tuple[str, str], set[str], asyncio.Future[dict[str, str]]]] = []
+        self._scanner: asyncio.Future[None] | None = None
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def running(self) -> list[Reconciliation]:
@@ -140,6 +145,11 @@ class Reconciler:
 
     async def run(self, run: Reconciliation) -> Reconciliation:
         """Reconcile one pair until the DICT answers OK or the attempts run out."""
+        with log_context(reconciliation_id=run.id, participant=run.participant, key_type=run.key_type,
+                         trigger=run.trigger):
+            return await self._run(run)
+
+    async def _run(self, run: Reconciliation) -> Reconciliation:
         lock = self._locks.setdefault((run.participant, run.key_type), asyncio.Lock())
         started = time.perf_counter()
         async with lock:
@@ -157,6 +167,9 @@ class Reconciler:
                     await self._record(run)
                 except VsyncError as exc:
                     log.error("could not audit reconciliation %s: %s", run.id, exc)
+                log.info("reconciliation %s of %s/%s finished: %s, path %s, added %d, removed %d, changed %d",
+                         run.id, run.participant, run.key_type, run.result, run.path, run.added, run.removed,
+                         run.changed)
         return run
 
     def _phase(self, run: Reconciliation, phase: str, total: int = 0) -> None:
@@ -198,7 +211,7 @@ class Reconciler:
             events.append((event.cid, event.type))
             run.done += 1
         added, removed = net_cid_changes(events)
-        local = self._local_cids(run, added | removed)
+        local = await self._local_cids(run, added | removed)
         only_dict = {cid for cid in added if cid not in local}
         only_local = {cid: local[cid] for cid in removed if cid in local}
         await self._correct(run, only_dict, only_local)
@@ -231,7 +244,7 @@ class Reconciler:
                  run.id, summary.remote_count, summary.local_count, summary.only_remote, summary.only_local)
         if summary.remote_duplicates:
             log.warning("reconciliation %s: the DICT's CID file repeats %d CIDs", run.id, summary.remote_duplicates)
-        only_local = self._local_cids(run, only_local_cids)
+        only_local = await self._local_cids(run, only_local_cids)
         await self._correct(run, only_dict, only_local)
 
     def _progress(self, run: Reconciliation) -> Callable[[int], None]:
@@ -240,23 +253,39 @@ class Reconciler:
         return advance
 
     # -- local side ---------------------------------------------------------------------------
-    def _pair_states(self, run: Reconciliation) -> Iterator[tuple[bytes, EntryState]]:
-        for partition in sorted(self.table.partition_states):
-            for key, state in self.table.iter_partition(partition):
-                if state.cid is not None and state.participant == run.participant and state.key_type == run.key_type:
-                    yield key, state
-
     def _pair_cids(self, run: Reconciliation) -> Iterator[str]:
-        return (state.cid for _key, state in self._pair_states(run) if state.cid is not None)
+        return (state.cid for _key, state in self.table.iter_pair(run.participant, run.key_type)
+                if state.cid is not None)
 
-    def _local_cids(self, run: Reconciliation, wanted: set[str]) -> dict[str, str]:
-        """CID → Pix key for the local CIDs of the pair that are in ``wanted``."""
-        found: dict[str, str] = {}
-        if wanted:
-            for key, state in self._pair_states(run):
-                if state.cid in wanted:
-                    found[state.cid] = key.decode("utf-8")
-        return found
+    async def _local_cids(self, run: Reconciliation, wanted: set[str]) -> dict[str, str]:
+        """CID → Pix key for the local CIDs of the pair that are in ``wanted``.
+
+        Requests of concurrent runs are served by one shared table scan, in a worker thread, so
+        ten NOK pairs cost one pass over the table and the event loop keeps folding.
+        """
+        if not wanted:
+            return {}
+        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self._lookups.append(((run.participant, run.key_type), wanted, future))
+        if self._scanner is None or self._scanner.done():
+            self._scanner = asyncio.ensure_future(self._scan_lookups())
+        return await future
+
+    async def _scan_lookups(self) -> None:
+        await asyncio.sleep(SCAN_GATHER_S)  # let the other runs of this round ask too
+        while self._lookups:
+            batch, self._lookups = self._lookups, []
+            merged: dict[tuple[str, str], set[str]] = {}
+            for pair, wanted, _future in batch:
+                merged.setdefault(pair, set()).update(wanted)
+            try:
+                found = await asyncio.to_thread(self.table.find_cids, merged)
+            except Exception as exc:  # hand the failure to every waiting run
+                for _pair, _wanted, future in batch:
+                    future.set_exception(exc)
+                continue
+            for pair, wanted, future in batch:
+                future.set_result({cid: key for cid, key in found[pair].items() if cid in wanted})
 
     # -- corrections --------------------------------------------------------------------------
     async def _correct(self, run: Reconciliation, only_dict: set[str], only_local: dict[str, str]) -> None:
@@ -281,6 +310,10 @@ class Reconciler:
                                                now_ms))
             await self._send_event(event)
             await self._send_notice(_notice(run, correction))
+            # CIDs and the event id only: the Pix key and the entry are personal data.
+            log.info("reconciliation %s: %s correction sent as event %s (local CID %s, DICT CID %s)", run.id,
+                     correction.kind.value, event.event_id, correction.local_cid, correction.dict_cid,
+                     extra={"event_id": event.event_id})
             sent.append((key, event))
             self._count(run, correction)
             run.done += 1
