@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 KEEP ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: system-deps install proto stack-up stack-down stack-status demo drill bench-diff test unit lint clean
+.PHONY: system-deps install proto stack-up stack-down stack-status demo drill bench-diff test chaos unit lint clean
 
 install: $(STAMP)
 
@@ -64,6 +64,14 @@ test: install system-deps
 	$(STACK) up
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
+
+# The full fault-injection run (200,000 events, SIGKILLs, Kafka and Pulsar restarts), figures printed.
+# The reduced run is part of `make test`. VSYNC_CHAOS_SEED=<n> picks another stream and fault moments.
+chaos: install
+	$(STACK) up
+	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
+	  rc=0; $(BIN)/pytest -s -m chaos_full tests/integration/test_chaos.py $(PYTEST_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 
 # Pure unit tests only: no broker needed.

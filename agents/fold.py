@@ -6,13 +6,16 @@ as compaction would keep it). Offsets are acknowledged only after the batch is w
 replays it, which the fold absorbs (DESIGN 3.3, invariant I2).
 
 Failure policy: a decode or contract error is dead-lettered with its reason and the stream goes on;
-only infrastructure errors (Kafka, RocksDB) escape and restart the agent.
+an infrastructure error (Kafka, RocksDB) stops the worker process at once, without committing the
+batch's offsets, so that the batch is replayed after the restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import faust
@@ -24,6 +27,9 @@ from vsync_stream.errors import InvalidEvent
 from vsync_stream.metrics import EVENTS_DUPLICATE, EVENTS_FOLDED, EVENTS_STALE
 from vsync_stream.tables.entries import EntriesTable
 
+log = logging.getLogger(__name__)
+
+EXIT_FOLD_FAILED = 70  # EX_SOFTWARE: the supervisor restarts the worker
 BATCH_MAX = 5000
 BATCH_WITHIN_S = 0.1
 
@@ -32,55 +38,70 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
                     max_event_bytes: int) -> Any:
     """Register the fold agent on ``app``: one actor per partition of ``source``."""
 
+    async def fold_batch(batch: Sequence[faust.EventT]) -> None:
+        writes: dict[int, dict[bytes, bytes]] = {}
+        rejected: list[tuple[bytes | None, bytes]] = []
+        folded = duplicate = stale = 0
+        # Nothing in this loop awaits: the ledgers change together with the rows written just
+        # after it, so a ledger check, a snapshot or a rebalance never sees one without the
+        # other (invariant I1). Dead letters are sent once the batch is written.
+        for event in batch:
+            message = event.message
+            try:
+                change = decode_change(event.value, max_event_bytes)
+                pix_key = change.key.encode("utf-8")
+                if event.key is not None and event.key != pix_key:
+                    raise InvalidEvent("key_mismatch", "Kafka record key differs from the event's Pix key")
+            except InvalidEvent as exc:
+                rejected.append((event.key, dead_letter_record(event.value or b"", exc, stage="fold", source={
+                    "topic": message.topic, "partition": message.partition, "offset": message.offset})))
+                continue
+            partition = message.partition
+            pstate = entries.partition_state(partition)
+            pending = writes.setdefault(partition, {})
+            raw = pending.get(pix_key)
+            if raw is None:
+                raw = entries.read(partition, pix_key)
+            outcome = fold(EntryState.decode(raw) if raw is not None else None, change)
+            pstate.offset = message.offset
+            if outcome.status is FoldStatus.STALE:
+                stale += 1
+                continue
+            # A duplicate is written again: if a crash lost the first changelog write, the
+            # replay must put it back, or a standby restoring from the changelog would differ.
+            assert outcome.state is not None
+            pending[pix_key] = outcome.state.encode()
+            if outcome.status is FoldStatus.DUPLICATE:
+                duplicate += 1
+                continue
+            folded += 1
+            if outcome.removed is not None:
+                pstate.ledger.remove(*outcome.removed)
+            if outcome.added is not None:
+                pstate.ledger.add(*outcome.added)
+        for partition, items in writes.items():
+            if items:
+                entries.write_batch(partition, items)
+        if rejected:  # the batch's offsets are acknowledged only once Kafka holds its dead letters (I3)
+            await asyncio.gather(*[await dead_letters.send(key=key, value=record) for key, record in rejected])
+        EVENTS_FOLDED.inc(folded)
+        EVENTS_DUPLICATE.inc(duplicate)
+        EVENTS_STALE.inc(stale)
+
     @app.agent(source, name="fold_key_events")
     async def fold_key_events(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for batch in stream.take_events(BATCH_MAX, BATCH_WITHIN_S):
-            writes: dict[int, dict[bytes, bytes]] = {}
-            dead: list[Any] = []
-            folded = duplicate = stale = 0
-            for event in batch:
-                message = event.message
-                try:
-                    change = decode_change(event.value, max_event_bytes)
-                    pix_key = change.key.encode("utf-8")
-                    if event.key is not None and event.key != pix_key:
-                        raise InvalidEvent("key_mismatch", "Kafka record key differs from the event's Pix key")
-                except InvalidEvent as exc:
-                    record = dead_letter_record(event.value or b"", exc, stage="fold", source={
-                        "topic": message.topic, "partition": message.partition, "offset": message.offset})
-                    dead.append(await dead_letters.send(key=event.key, value=record))
-                    continue
-                partition = message.partition
-                pstate = entries.partition_state(partition)
-                pending = writes.setdefault(partition, {})
-                raw = pending.get(pix_key)
-                if raw is None:
-                    raw = entries.read(partition, pix_key)
-                outcome = fold(EntryState.decode(raw) if raw is not None else None, change)
-                pstate.offset = message.offset
-                if outcome.status is FoldStatus.STALE:
-                    stale += 1
-                    continue
-                # A duplicate is written again: if a crash lost the first changelog write, the
-                # replay must put it back, or a standby restoring from the changelog would differ.
-                assert outcome.state is not None
-                pending[pix_key] = outcome.state.encode()
-                if outcome.status is FoldStatus.DUPLICATE:
-                    duplicate += 1
-                    continue
-                folded += 1
-                if outcome.removed is not None:
-                    pstate.ledger.remove(*outcome.removed)
-                if outcome.added is not None:
-                    pstate.ledger.add(*outcome.added)
-            for partition, items in writes.items():
-                if items:
-                    entries.write_batch(partition, items)
-            if dead:  # the batch's offsets are acknowledged only once Kafka holds its dead letters (I3)
-                await asyncio.gather(*dead)
-            EVENTS_FOLDED.inc(folded)
-            EVENTS_DUPLICATE.inc(duplicate)
-            EVENTS_STALE.inc(stale)
+            try:
+                await fold_batch(batch)
+            except Exception:
+                # Faust's take_events acknowledges a batch even when the agent raises, so an
+                # infrastructure error (RocksDB, Kafka) must not escape: the worker stops at once,
+                # without committing, and the batch is replayed after the restart — which the
+                # fold absorbs (invariant I2). Decode errors never get here: they are dead letters.
+                log.critical("the fold failed on a batch of %d events; stopping the worker without committing "
+                             "its offsets (they are replayed on restart)", len(batch), exc_info=True)
+                logging.shutdown()
+                os._exit(EXIT_FOLD_FAILED)
             yield None
 
     return fold_key_events

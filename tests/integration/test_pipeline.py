@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,11 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from tests.factories import event_doc
 from tests.integration.conftest import Pipeline, PipelineFactory
+from tests.integration.helpers import read_dead_letters, served_vsyncs, truth, wait_converged
 from vsync_stream.cli import request_verification
-from vsync_stream.dead_letters import decode_dead_letter
 from vsync_stream.simulator.population import generate_entries, random_update_changes
 
 pytestmark = pytest.mark.integration
@@ -51,53 +49,6 @@ def make_history(pipeline: Pipeline, n: int, seed: int) -> list[Any]:
     events += [pipeline.model.update(e.key, **random_update_changes(e, rng)) for e in rng.sample(entries, n // 10)]
     events += [pipeline.model.delete(e.key) for e in rng.sample(entries, n // 15)]
     return events
-
-
-async def served_vsyncs(pipeline: Pipeline) -> dict[tuple[str, str], tuple[str, int]] | None:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        try:
-            async with session.get(f"{pipeline.worker.base_url}/vsync") as resp:
-                if resp.status != 200:
-                    return None
-                rows = (await resp.json())["vsync"]
-        except (aiohttp.ClientError, TimeoutError):
-            return None
-    return {(r["participant"], r["keyType"]): (r["vsync"], r["entries"]) for r in rows}
-
-
-def truth(pipeline: Pipeline) -> dict[tuple[str, str], tuple[str, int]]:
-    return {(p, t): (pipeline.model.vsync(p, t), pipeline.model.count(p, t))
-            for p in (P1, P2) for t in ("CPF", "CNPJ", "PHONE", "EMAIL", "EVP")}
-
-
-async def wait_converged(pipeline: Pipeline, timeout_s: float) -> None:
-    """Wait until the worker serves exactly the simulator's VSyncs and counts."""
-    deadline = time.monotonic() + timeout_s
-    served = None
-    while time.monotonic() < deadline:
-        served = await served_vsyncs(pipeline)
-        if served == truth(pipeline):
-            return
-        await asyncio.sleep(1)
-    diff = {k: (served or {}).get(k) for k, v in truth(pipeline).items() if (served or {}).get(k) != v}
-    raise AssertionError(f"worker did not converge in {timeout_s} s; differing pairs: {sorted(diff)}; "
-                         f"log {pipeline.worker.log_path}")
-
-
-async def read_dead_letters(bootstrap: str, topic: str, expected: int) -> list[tuple[dict[str, Any], bytes]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                group_id=f"test-{uuid.uuid4().hex}", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        found: list[tuple[dict[str, Any], bytes]] = []
-        deadline = time.monotonic() + 30
-        while len(found) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                found += [decode_dead_letter(r.value) for r in records]
-        return found
-    finally:
-        await consumer.stop()
 
 
 async def test_main_job_end_to_end(pipeline_factory: PipelineFactory, kafka_bootstrap: str,

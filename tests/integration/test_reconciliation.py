@@ -17,7 +17,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from tests.integration.conftest import Pipeline, PipelineFactory
-from tests.integration.test_pipeline import make_history, served_vsyncs, truth
+from tests.integration.helpers import served_vsyncs, truth
+from tests.integration.test_pipeline import make_history
 from vsync_stream.cli import request_verification, run_reconciliation
 
 pytestmark = pytest.mark.integration
