@@ -75,7 +75,7 @@ chaos: install
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 
 # Pure unit tests only: no broker needed.
-unit: install
+unit: install system-deps
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 lint: install
