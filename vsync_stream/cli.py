@@ -238,6 +238,14 @@ def quiet_for_json_logs(argv: list[str], log_format: str) -> list[str]:
     return [*argv[:at], "--quiet", *argv[at:]]
 
 
+def loglevel_from_settings(argv: list[str], log_level: str) -> list[str]:
+    """``argv`` with ``--loglevel <VSYNC_LOG_LEVEL>`` after ``worker`` unless ``-l``/``--loglevel`` is given."""
+    if "worker" not in argv[1:] or any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in argv):
+        return argv
+    at = argv.index("worker", 1)
+    return [*argv[:at + 1], "--loglevel", log_level, *argv[at + 1:]]
+
+
 def main() -> None:
     """Entry point of the ``vsync-stream`` console script."""
     _register_own_commands()
@@ -252,5 +260,5 @@ def main() -> None:
     except VsyncError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
-    sys.argv = quiet_for_json_logs(sys.argv, settings.log_format)
+    sys.argv = loglevel_from_settings(quiet_for_json_logs(sys.argv, settings.log_format), settings.log_level)
     app.faust.main()

@@ -56,3 +56,11 @@ def test_cli_prints_the_markdown_table() -> None:
     result = CliRunner().invoke(settings_command, ["--markdown"])
     assert result.exit_code == 0, result.output
     assert result.output == render_settings_table()
+
+
+def test_the_worker_log_level_comes_from_the_settings_unless_given() -> None:
+    from vsync_stream.cli import loglevel_from_settings
+
+    assert loglevel_from_settings(["vs", "worker"], "warning") == ["vs", "worker", "--loglevel", "warning"]
+    assert loglevel_from_settings(["vs", "worker", "-l", "info"], "warning") == ["vs", "worker", "-l", "info"]
+    assert loglevel_from_settings(["vs", "verify"], "warning") == ["vs", "verify"]
