@@ -55,12 +55,7 @@ class TokenBucket:
     @classmethod
     def per_minute(cls, per_minute: float, capacity: float) -> TokenBucket:
         """A bucket refilled at ``per_minute`` tokens per minute, as the DICT states its limits."""
-        return cls(capacity, per_minute / 60.0)
-
-    @classmethod
-    def per_day(cls, per_day: float, capacity: float) -> TokenBucket:
-        """A bucket refilled at ``per_day`` tokens per day."""
-        return cls(capacity, per_day / 86_400.0)
+        return cls.from_limit(RateLimit.per_minute(per_minute, capacity))
 
     @classmethod
     def from_limit(cls, limit: RateLimit) -> TokenBucket:
