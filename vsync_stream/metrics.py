@@ -64,6 +64,9 @@ RECONCILIATIONS = Counter("vsync_reconciliations_total", "Reconciliation runs by
 RECONCILIATION_SECONDS = Histogram("vsync_reconciliation_duration_seconds", "Duration of one reconciliation run",
                                    buckets=(1, 5, 15, 30, 60, 120, 300, 900, 3600))
 RECONCILIATIONS_RUNNING = Gauge("vsync_reconciliations_running", "Reconciliation runs in progress on this worker")
+RECONCILIATION_PROGRESS = Gauge("vsync_reconciliation_progress_ratio",
+                                "Progress of the current phase of a running reconciliation (0 to 1)",
+                                ["participant", "key_type"])
 CORRECTIONS = Counter("vsync_corrections_total", "Corrections made by reconciliation", ["kind"])
 
 # -- the Bridge (gRPC gateway to the DICT) -----------------------------------------------------
@@ -97,6 +100,8 @@ class _Consumer(Protocol):
 class _Run(Protocol):
     participant: str
     key_type: str
+    done: int
+    total: int
 
 
 class _LastVerification(Protocol):
@@ -162,8 +167,12 @@ class MetricsRefresher:
 
     @staticmethod
     def refresh_reconciliations(running: Sequence[_Run]) -> None:
-        """Reconciliation runs in progress."""
+        """Reconciliation runs in progress, and how far the current phase of each has got."""
         RECONCILIATIONS_RUNNING.set(len(running))
+        RECONCILIATION_PROGRESS.clear()
+        for run in running:
+            ratio = min(1.0, run.done / run.total) if run.total else 0.0
+            RECONCILIATION_PROGRESS.labels(participant=run.participant, key_type=run.key_type).set(ratio)
 
     async def refresh_audit(self, latest_per_pair: Callable[[], Awaitable[Mapping[tuple[str, str],
                                                                                    _LastVerification]]],
