@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 KEEP ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: system-deps install proto stack-up stack-down stack-status demo drill bench-diff test chaos unit lint clean
+.PHONY: system-deps install proto stack-up stack-down stack-status demo drill bench bench-diff test chaos unit lint clean
 
 install: $(STAMP)
 
@@ -54,6 +54,14 @@ drill: install
 	$(STACK) up
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/vsync-stream drill $(DRILL_ARGS) || rc=$$?; \
+	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
+
+# Streaming pipeline: fold throughput against a per-event Faust baseline, Pulsar→table latency,
+# changelog restore rate and worker memory, in one run (200,000 events by default).
+bench: install
+	$(STACK) up
+	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
+	  rc=0; $(BIN)/python benchmarks/bench_pipeline.py $(BENCH_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 
 # The product's streaming CID diff against a plain Python-set baseline, side by side (10 M + 10 M).
