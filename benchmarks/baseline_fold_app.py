@@ -23,6 +23,7 @@ from typing import Any
 
 import faust
 
+from vsync_stream.app import CLIENT_TUNING
 from vsync_stream.domain.events import decode_change
 from vsync_stream.domain.fold import EntryState, FoldStatus, fold
 
@@ -37,14 +38,7 @@ app = faust.App(
     topic_partitions=PARTITIONS,
     topic_replication_factor=1,
     table_standby_replicas=0,
-    consumer_auto_offset_reset="earliest",
-    producer_acks=-1,
-    producer_linger=0.005,
-    # The product's consumer and producer tuning, so that only the agent differs.
-    broker_max_poll_records=5000,
-    stream_buffer_maxsize=20000,
-    consumer_max_fetch_size=8 * 1024 * 1024,
-    producer_max_batch_size=1024 * 1024,
+    **CLIENT_TUNING,  # the product's consumer and producer tuning, so that only the agent differs
     web_host="127.0.0.1",
     web_bind="127.0.0.1",
     web_port=int(os.environ.get("BENCH_BASELINE_WEB_PORT", "16066")),

@@ -36,6 +36,19 @@ log = logging.getLogger(__name__)
 
 ADAPTER_RESTART_DELAY_S = 2.0
 
+# Kafka client settings of the worker's Faust app (also used by the benchmark's baseline, so that
+# only the agent differs). The fold takes events in batches (agents/fold.py), so the consumer
+# fetches and buffers whole batches, and the producer waits for every replica and sends large ones.
+CLIENT_TUNING: dict[str, Any] = {
+    "consumer_auto_offset_reset": "earliest",
+    "producer_acks": -1,
+    "producer_linger": 0.005,
+    "broker_max_poll_records": 5000,
+    "stream_buffer_maxsize": 20000,
+    "consumer_max_fetch_size": 8 * 1024 * 1024,
+    "producer_max_batch_size": 1024 * 1024,
+}
+
 
 class _FaustApp(faust.App):  # type: ignore[misc]
     """Faust app that runs ``before_consuming`` hooks before its consumer subscribes."""
@@ -74,15 +87,7 @@ class VsyncApp:
             broker_session_timeout=6.0,
             broker_heartbeat_interval=1.0,
             broker_rebalance_timeout=10.0,
-            consumer_auto_offset_reset="earliest",
-            producer_acks=-1,
-            producer_linger=0.005,
-            # Throughput: the fold takes events in batches (agents/fold.py), so let the consumer
-            # fetch and buffer whole batches, and the producer send large ones.
-            broker_max_poll_records=5000,
-            stream_buffer_maxsize=20000,
-            consumer_max_fetch_size=8 * 1024 * 1024,
-            producer_max_batch_size=1024 * 1024,
+            **CLIENT_TUNING,
             web_host=settings.web_host,
             web_bind=settings.web_host,
             web_port=settings.web_port,
