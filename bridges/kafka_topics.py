@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -50,15 +52,23 @@ def product_topics(key_events: str, changelog: str, dead_letters: str, partition
     return specs
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1) -> None:
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1,
+                        client_kwargs: Mapping[str, Any] | None = None) -> None:
     """Create missing topics, check existing ones, and wait until all are in the cluster metadata.
+
+    Args:
+        bootstrap: Kafka bootstrap servers, ``host:port[,host:port]``.
+        specs: the topics and their required shape.
+        replication_factor: replication factor of the topics created.
+        client_kwargs: extra arguments of the admin client, e.g. the security ones
+            (:meth:`~vsync_stream.bridges.kafka_security.KafkaSecurity.client_kwargs`).
 
     Raises:
         ConfigurationError: an existing topic has the wrong partition count or configuration; the
             message says what to fix.
         ConfigurationError: Kafka cannot be reached (also).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="vsync-stream-admin")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="vsync-stream-admin", **(client_kwargs or {}))
     try:
         await admin.start()
     except KafkaError as exc:

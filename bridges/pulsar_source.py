@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pulsar
@@ -46,11 +46,15 @@ class PulsarSource:
         subscription_type: ``KeyShared`` (default), ``Shared``, ``Failover`` or ``Exclusive``.
         max_event_bytes: payloads above this size are dead-lettered as ``oversize``.
         batch_size: messages taken per receive (at most).
+        client_options: extra ``pulsar.Client`` arguments, e.g. TLS and authentication
+            (:func:`~vsync_stream.bridges.pulsar_security.pulsar_client_options`).
     """
 
     def __init__(self, url: str, topic: str, subscription: str, subscription_type: str = "KeyShared",
-                 max_event_bytes: int = 16 * 1024, batch_size: int = 500) -> None:
+                 max_event_bytes: int = 16 * 1024, batch_size: int = 500,
+                 client_options: Mapping[str, Any] | None = None) -> None:
         self.url, self.topic, self.subscription = url, topic, subscription
+        self.client_options = dict(client_options or {})
         self.subscription_type = subscription_type
         self.max_event_bytes = max_event_bytes
         self.batch_size = batch_size
@@ -59,7 +63,8 @@ class PulsarSource:
         self._stopping = False
 
     def _subscribe(self) -> None:
-        self._client = pulsar.Client(self.url, operation_timeout_seconds=30, logger=_quiet_logger())
+        self._client = pulsar.Client(self.url, operation_timeout_seconds=30, logger=_quiet_logger(),
+                                     **self.client_options)
         self._consumer = self._client.subscribe(
             self.topic,
             self.subscription,
@@ -127,10 +132,11 @@ def _quiet_logger() -> logging.Logger:
     return logger
 
 
-def ensure_subscription(url: str, topic: str, subscription: str, subscription_type: str = "KeyShared") -> None:
+def ensure_subscription(url: str, topic: str, subscription: str, subscription_type: str = "KeyShared",
+                        client_options: Mapping[str, Any] | None = None) -> None:
     """Create a durable subscription at the earliest message, so events published before the
     first worker starts are kept for it (Pulsar drops messages no subscription holds)."""
-    client = pulsar.Client(url, operation_timeout_seconds=30, logger=_quiet_logger())
+    client = pulsar.Client(url, operation_timeout_seconds=30, logger=_quiet_logger(), **(client_options or {}))
     try:
         consumer = client.subscribe(topic, subscription, consumer_type=_CONSUMER_TYPES[subscription_type],
                                     initial_position=pulsar.InitialPosition.Earliest)

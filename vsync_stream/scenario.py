@@ -20,6 +20,7 @@ import pulsar
 from tqdm import tqdm
 
 from vsync_stream.bridges.audit_store import AuditStore
+from vsync_stream.bridges.pulsar_security import pulsar_client_options
 from vsync_stream.bridges.pulsar_source import ensure_subscription
 from vsync_stream.cli import request_verification
 from vsync_stream.domain.entry import Entry
@@ -68,7 +69,8 @@ class LocalScenario:
         env = run_env(self.run_id, bridge_target=f"127.0.0.1:{port}", participants=self.settings.participants,
                       token=self.token, data_root=Path(".local/runs").resolve(), web_port=free_port(),
                       extra=self._env_extra)
-        ensure_subscription(self.settings.pulsar_url, env["VSYNC_PULSAR_TOPIC"], env["VSYNC_PULSAR_SUBSCRIPTION"])
+        ensure_subscription(self.settings.pulsar_url, env["VSYNC_PULSAR_TOPIC"], env["VSYNC_PULSAR_SUBSCRIPTION"],
+                            client_options=pulsar_client_options(self.settings))
         self.worker = WorkerProcess(env, Path(f".local/logs/{self.run_id}-worker.log").resolve())
         self.worker.start()
         print(f"run {self.run_id}: DICT simulator on 127.0.0.1:{port}; worker web view {self.worker.base_url}, "
@@ -94,7 +96,8 @@ class LocalScenario:
         """Publish events to Pulsar (keyed by Pix key, Key_Shared-safe batching), with progress."""
         assert self.worker is not None
         publisher = EventPublisher(self.settings.pulsar_url, self.worker.env["VSYNC_PULSAR_TOPIC"],
-                                   batching_type=pulsar.BatchingType.KeyBased)
+                                   batching_type=pulsar.BatchingType.KeyBased,
+                                   client_options=pulsar_client_options(self.settings))
         with tqdm(total=len(events), desc="publishing", unit="ev", file=sys.stdout, mininterval=1.0) as bar:
             await publisher.start()
             try:

@@ -14,7 +14,6 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vsync_stream.domain.keys import KEY_TYPES
-from vsync_stream.errors import ConfigurationError
 
 
 def _csv(value: object) -> object:
@@ -51,6 +50,22 @@ class Settings(BaseSettings):
     bridge_deadline_s: float = Field(5.0, gt=0, description="Deadline of one Bridge call, seconds [env: VSYNC_BRIDGE_DEADLINE_S]")
     bridge_rate_limits: str = Field("", description="Per-operation overrides of the client's pacing, e.g. 'VerifySync=10/min:50,GetEntryByCid=off'; empty = the DICT's published limits [env: VSYNC_BRIDGE_RATE_LIMITS]")
     bridge_tls_ca: Path | None = Field(None, description="PEM root certificate for TLS to the Bridge; unset = plaintext [env: VSYNC_BRIDGE_TLS_CA]")
+    bridge_tls_cert: Path | None = Field(None, description="PEM client certificate chain for mutual TLS to the Bridge; set together with VSYNC_BRIDGE_TLS_KEY [env: VSYNC_BRIDGE_TLS_CERT]")
+    bridge_tls_key: Path | None = Field(None, description="PEM private key of the Bridge client certificate (mutual TLS); set together with VSYNC_BRIDGE_TLS_CERT [env: VSYNC_BRIDGE_TLS_KEY]")
+
+    # --- transport security of the brokers (see vsync_stream.bridges.kafka_security, .pulsar_security) ---
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How the Kafka clients connect: TLS (SSL), SASL authentication, both, or neither [env: VSYNC_KAFKA_SECURITY_PROTOCOL]")
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM CA bundle that signs the Kafka brokers' certificates; unset = the system CAs (SSL, SASL_SSL) [env: VSYNC_KAFKA_SSL_CAFILE]")
+    kafka_ssl_certfile: Path | None = Field(None, description="PEM client certificate for mutual TLS to Kafka (SSL, SASL_SSL) [env: VSYNC_KAFKA_SSL_CERTFILE]")
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM private key of the Kafka client certificate; unset = inside the certificate file [env: VSYNC_KAFKA_SSL_KEYFILE]")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism for Kafka (SASL_PLAINTEXT, SASL_SSL); unset = PLAIN [env: VSYNC_KAFKA_SASL_MECHANISM]")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name for Kafka [env: VSYNC_KAFKA_SASL_USERNAME]")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password for Kafka [env: VSYNC_KAFKA_SASL_PASSWORD]")
+    pulsar_tls_trust_certs_file: Path | None = Field(None, description="PEM CA bundle that signs the Pulsar brokers' certificates, for pulsar+ssl:// URLs; unset = the system CAs [env: VSYNC_PULSAR_TLS_TRUST_CERTS_FILE]")
+    pulsar_tls_validate_hostname: bool = Field(True, description="Check that the Pulsar broker's certificate names the host connected to (pulsar+ssl://) [env: VSYNC_PULSAR_TLS_VALIDATE_HOSTNAME]")
+    pulsar_auth_token: SecretStr | None = Field(None, description="Pulsar JWT authentication token; unset = no authentication [env: VSYNC_PULSAR_AUTH_TOKEN]")
 
     # --- domain ---
     participants: Annotated[list[str], NoDecode] = Field(
@@ -71,9 +86,14 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".local/worker"), description="Directory of the RocksDB table state [env: VSYNC_DATA_DIR]")
     web_host: str = Field("127.0.0.1", description="Address the web view binds [env: VSYNC_WEB_HOST]")
     web_port: int = Field(16066, ge=1, le=65535, description="Port of the web view [env: VSYNC_WEB_PORT]")
+    web_advertised_url: str | None = Field(None, description="URL the other workers of the app id use to reach this worker's web view (routed queries); default http://<web_host>:<web_port> [env: VSYNC_WEB_ADVERTISED_URL]")
+    group_instance_id: str | None = Field(None, description="Static consumer-group membership id, stable across restarts (e.g. the pod name): a restarted worker keeps its partitions without a rebalance [env: VSYNC_GROUP_INSTANCE_ID]")
+    cluster_timeout_s: float = Field(10.0, gt=0, description="Timeout of one request to another worker (routed query, partition report), seconds [env: VSYNC_CLUSTER_TIMEOUT_S]")
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Bearer tokens allowed to change state or see personal data, comma-separated [env: VSYNC_API_TOKENS]")
     api_tokens_file: Path | None = Field(None, description="File with one bearer token per line, added to api_tokens [env: VSYNC_API_TOKENS_FILE]")
+    cluster_token: SecretStr | None = Field(None, description="Shared secret the workers of one app id use between themselves for routed queries (scope cluster only); the same on every worker, at least 16 characters [env: VSYNC_CLUSTER_TOKEN]")
+    max_request_bytes: int = Field(65536, ge=1024, description="Largest request body the web view accepts, bytes; larger ones get 413 [env: VSYNC_MAX_REQUEST_BYTES]")
     log_level: str = Field("info", description="Log level of the worker [env: VSYNC_LOG_LEVEL]")
     log_format: Literal["text", "json"] = Field("text", description="Worker log format: Faust's text lines, or one JSON object per line with correlation ids [env: VSYNC_LOG_FORMAT]")
 
@@ -108,16 +128,17 @@ class Settings(BaseSettings):
         return _csv(value)
 
     def tokens(self) -> list[str]:
-        """All accepted bearer tokens: ``api_tokens`` plus the lines of ``api_tokens_file``."""
-        found = [t.get_secret_value() for t in self.api_tokens]
-        if self.api_tokens_file is not None:
-            try:
-                text = self.api_tokens_file.read_text("utf-8")
-            except OSError as exc:
-                raise ConfigurationError(f"cannot read VSYNC_API_TOKENS_FILE {self.api_tokens_file}: "
-                                         f"{exc.strerror}") from None
-            found += [ln.strip() for ln in text.splitlines() if ln.strip()]
-        return found
+        """The bearer tokens that may change state (scope ``operate``), from ``api_tokens`` and ``api_tokens_file``.
+
+        Scope suffixes are parsed off; :class:`vsync_stream.auth.Authorizer` is the source of truth
+        for what each token may do.
+
+        Raises:
+            ConfigurationError: a token or scope is malformed, or the tokens file cannot be read.
+        """
+        from vsync_stream.auth import Scope, configured_grants
+
+        return [g.token for g in configured_grants(self) if Scope.OPERATE in g.scopes]
 
     @property
     def kafka_broker_url(self) -> list[str]:

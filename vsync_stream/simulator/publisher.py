@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -47,6 +47,8 @@ class EventPublisher:
             read with a Key_Shared subscription, which needs one key per batch to keep key order.
         send_timeout_ms: a send not acknowledged within this time fails, milliseconds.
         operation_timeout_s: timeout of client operations such as creating the producer, seconds.
+        client_options: extra ``pulsar.Client`` arguments when the publisher creates its client, e.g.
+            TLS and authentication (:func:`~vsync_stream.bridges.pulsar_security.pulsar_client_options`).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class EventPublisher:
         batching_type: pulsar.BatchingType = pulsar.BatchingType.Default,
         send_timeout_ms: int = 30_000,
         operation_timeout_s: int = 30,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         if client is None and service_url is None:
             raise ValueError("give a service_url or a pulsar.Client")
@@ -83,6 +86,7 @@ class EventPublisher:
             "block_if_queue_full": True,
         }
         self._operation_timeout_s = operation_timeout_s
+        self._client_options = dict(client_options or {})
         self._producer: pulsar.Producer | None = None
         self._cond = threading.Condition()
         self._in_flight = 0
@@ -105,7 +109,8 @@ class EventPublisher:
         try:
             if self._client is None:
                 self._client = pulsar.Client(self.service_url, operation_timeout_seconds=self._operation_timeout_s,
-                                             logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
+                                             logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+                                             **self._client_options)
             self._producer = self._client.create_producer(self.topic, **self._producer_args)
         except Exception as exc:  # pulsar raises its own exception types, not exported stably
             self._close_client()
