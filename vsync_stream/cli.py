@@ -80,7 +80,8 @@ def verify_command(url: str | None, as_json: bool) -> None:
     settings = _settings()
     tokens = settings.tokens()
     if not tokens:
-        raise click.ClickException("no API token configured: set VSYNC_API_TOKENS or VSYNC_API_TOKENS_FILE")
+        raise click.ClickException("no API token with the operate scope configured: set VSYNC_API_TOKENS or "
+                                   "VSYNC_API_TOKENS_FILE (a bare token has scopes operate and entries)")
     rows = asyncio.run(request_verification(url or f"http://{settings.web_host}:{settings.web_port}", tokens[0]))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -145,7 +146,8 @@ def reconcile_command(participant: str, key_type: str, url: str | None) -> None:
     settings = _settings()
     tokens = settings.tokens()
     if not tokens:
-        raise click.ClickException("no API token configured: set VSYNC_API_TOKENS or VSYNC_API_TOKENS_FILE")
+        raise click.ClickException("no API token with the operate scope configured: set VSYNC_API_TOKENS or "
+                                   "VSYNC_API_TOKENS_FILE (a bare token has scopes operate and entries)")
     target = url or f"http://{settings.web_host}:{settings.web_port}"
     run = asyncio.run(run_reconciliation(target, tokens[0], participant, key_type))
     click.echo(f"reconciliation {run['id']}: path {run['path']}, added {run['added']}, removed {run['removed']}, "
@@ -215,6 +217,7 @@ def settings_command(markdown: bool) -> None:
 
 
 def _register_own_commands() -> None:
+    from vsync_stream.adapter import adapter_command
     from vsync_stream.cidtools import diff_command, vsync_command
     from vsync_stream.demo import demo_command
     from vsync_stream.drill import drill_command
@@ -224,7 +227,7 @@ def _register_own_commands() -> None:
                       "`vsync-stream worker -l info` runs a worker; the other commands talk to a running worker, "
                       "to CID files or to the local stack. Settings: `vsync-stream settings`.")
     for command in (verify_command, reconcile_command, migrate_command, cid_command, settings_command,
-                    vsync_command, diff_command, simulator_command, demo_command, drill_command):
+                    vsync_command, diff_command, simulator_command, demo_command, drill_command, adapter_command):
         if command.name not in faust_cli.commands:
             faust_cli.add_command(command)
 

@@ -1,0 +1,79 @@
+"""A table partition's changelog records produced as whole Kafka record batches (aiokafka's batch API).
+
+Faust's ``Collection.send_changelog`` costs, per record, a ``FutureMessage``, a trip through the
+producer buffer task, ``Topic.publish_message``, ``Producer.send`` and the accumulator, and on every
+acknowledgement a RocksDB put of the persisted offset: about a quarter of the fold's profile
+(BENCHMARKS.md). Here the records of one fold batch are appended to aiokafka ``BatchBuilder``\\ s of
+Faust's own producer and sent with one ``send_batch`` per builder; when Kafka acknowledges a
+builder, the store's persisted changelog offset is set once, to its last record — what Faust's
+``_on_changelog_sent`` does per record. Records, keys and partitions are those Faust would send.
+
+Faust's commit flushes this same aiokafka producer before committing source offsets, so a source
+offset is never committed ahead of the changelog records of its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+EXIT_CHANGELOG_FAILED = 70  # EX_SOFTWARE, as the fold: the supervisor restarts the worker, events replay
+
+
+async def produce_changelog(table: Any, partition: int, items: dict[bytes, bytes]) -> None:
+    """Produce one changelog record per item to ``partition`` of ``table``'s changelog topic.
+
+    Returns once every record is handed to the producer's sender (not yet acknowledged); the
+    persisted offset follows each acknowledgement. A failed delivery stops the worker at once
+    (exit 70) before Faust can commit the source offsets of those events, so they are replayed.
+
+    Args:
+        table: the Faust table (RocksDB store) whose rows were written.
+        partition: the table partition, which is also the changelog partition.
+        items: raw key → raw value, in the order they must appear in the changelog.
+
+    Raises:
+        aiokafka.errors.KafkaError: the producer could not take the batch (e.g. timed out).
+    """
+    app = table.app
+    if app.in_transaction or app.conf.producer_threaded:
+        # Faust's per-record path: its transaction manager tracks the offsets there.
+        for key, value in items.items():
+            table.send_changelog(partition, key, value, key_serializer="raw", value_serializer="raw")
+        return
+    client = app.producer._ensure_producer()  # the aiokafka producer of Faust's aiokafka driver
+    topic = table.changelog_topic.get_topic_name()
+    builder = client.create_batch()
+    for key, value in items.items():
+        if builder.append(timestamp=None, key=key, value=value) is None:  # builder full
+            await _send(table, client, builder, topic, partition)
+            builder = client.create_batch()
+            if builder.append(timestamp=None, key=key, value=value) is None:
+                raise ValueError(f"a changelog record of {len(key) + len(value)} bytes exceeds the producer's "
+                                 "batch size (producer_max_batch_size)")
+    if builder.record_count():
+        await _send(table, client, builder, topic, partition)
+
+
+async def _send(table: Any, client: Any, builder: Any, topic: str, partition: int) -> None:
+    count = builder.record_count()
+    delivery: asyncio.Future[Any] = await client.send_batch(builder, topic, partition=partition)
+    tp = TP(topic, partition)
+
+    def delivered(fut: asyncio.Future[Any]) -> None:
+        exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            log.critical("changelog batch of %d records to %s[%d] was not delivered (%s: %s); stopping the worker "
+                         "without committing (the events are replayed on restart)", count, topic, partition,
+                         type(exc).__name__, exc)
+            logging.shutdown()
+            os._exit(EXIT_CHANGELOG_FAILED)
+        table.data.set_persisted_offset(tp, fut.result().offset + count - 1)
+
+    delivery.add_done_callback(delivered)
