@@ -19,19 +19,21 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from vsync_stream.dead_letters import dead_letter_record
 from vsync_stream.domain.events import decode_change
 from vsync_stream.domain.fold import EntryState, FoldStatus, fold
 from vsync_stream.errors import InvalidEvent
 from vsync_stream.metrics import EVENTS_DUPLICATE, EVENTS_FOLDED, EVENTS_STALE
-from vsync_stream.tables.entries import EntriesTable
+from vsync_stream.tables.entries import OFFSET_KEY, EntriesTable, encode_offset
 
 log = logging.getLogger(__name__)
 
 EXIT_FOLD_FAILED = 70  # EX_SOFTWARE: the supervisor restarts the worker
 BATCH_MAX = 5000
 BATCH_WITHIN_S = 0.1
+
 
 
 def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.TopicT, entries: EntriesTable,
@@ -41,12 +43,30 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
     async def fold_batch(batch: Sequence[faust.EventT]) -> None:
         writes: dict[int, dict[bytes, bytes]] = {}
         rejected: list[tuple[bytes | None, bytes]] = []
-        folded = duplicate = stale = 0
+        folded = duplicate = stale = revoked = 0
+        seek_back: dict[TP, int] = {}
         # Nothing in this loop awaits: the ledgers change together with the rows written just
         # after it, so a ledger check, a snapshot or a rebalance never sees one without the
         # other (invariant I1). Dead letters are sent once the batch is written.
+        assigned = app.consumer.assignment()
         for event in batch:
             message = event.message
+            partition = message.partition
+            if partition not in entries.partition_states and message.tp not in assigned:
+                revoked += 1  # the partition moved to another worker, which folds it from its own offset
+                continue
+            if message.tp in seek_back:
+                continue  # after a gap: re-delivered once the consumer is back at the gap
+            pstate = entries.partition_state(partition)
+            if pstate.offset is not None and message.offset > pstate.offset + 1:
+                # The consumer is past offsets this partition never folded (its position came from
+                # an offset committed ahead of the changelog, or a rebalance dropped fetched events):
+                # go back to the first missing one. Nothing after it is folded meanwhile.
+                seek_back[message.tp] = pstate.offset + 1
+                continue
+            if pstate.offset is None or message.offset > pstate.offset:
+                pstate.offset = message.offset  # a replay after a seek back changes nothing (I2)
+            pending = writes.setdefault(partition, {})
             try:
                 change = decode_change(event.value, max_event_bytes)
                 pix_key = change.key.encode("utf-8")
@@ -54,16 +74,12 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
                     raise InvalidEvent("key_mismatch", "Kafka record key differs from the event's Pix key")
             except InvalidEvent as exc:
                 rejected.append((event.key, dead_letter_record(event.value or b"", exc, stage="fold", source={
-                    "topic": message.topic, "partition": message.partition, "offset": message.offset})))
+                    "topic": message.topic, "partition": partition, "offset": message.offset})))
                 continue
-            partition = message.partition
-            pstate = entries.partition_state(partition)
-            pending = writes.setdefault(partition, {})
             raw = pending.get(pix_key)
             if raw is None:
                 raw = entries.read(partition, pix_key)
             outcome = fold(EntryState.decode(raw) if raw is not None else None, change)
-            pstate.offset = message.offset
             if outcome.status is FoldStatus.STALE:
                 stale += 1
                 continue
@@ -79,9 +95,20 @@ def make_fold_agent(app: faust.App, source: faust.TopicT, dead_letters: faust.To
                 pstate.ledger.remove(*outcome.removed)
             if outcome.added is not None:
                 pstate.ledger.add(*outcome.added)
-        for partition, items in writes.items():
-            if items:
-                entries.write_batch(partition, items)
+        for partition, pending in writes.items():  # last in each partition's write: its source offset
+            pending[OFFSET_KEY] = encode_offset(entries.partition_states[partition].offset)  # type: ignore[arg-type]
+        # Every partition's rows are written before the first await (see above); then their
+        # changelog records go out as Kafka record batches, handed to the producer before the
+        # batch's offsets can be acknowledged.
+        changelogs = [entries.write_batch(partition, items) for partition, items in writes.items() if items]
+        for changelog in changelogs:
+            await changelog
+        for tp, offset in seek_back.items():
+            log.warning("partition %d of %s: events from offset %d were not folded; consuming again from there",
+                        tp.partition, tp.topic, offset)
+            await app.consumer.seek(tp, offset)
+        if revoked:
+            log.info("%d events of partitions revoked from this worker left to their new owner", revoked)
         if rejected:  # the batch's offsets are acknowledged only once Kafka holds its dead letters (I3)
             await asyncio.gather(*[await dead_letters.send(key=key, value=record) for key, record in rejected])
         EVENTS_FOLDED.inc(folded)

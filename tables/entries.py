@@ -10,7 +10,7 @@ It is never restored from anywhere else, so it cannot drift from the table (inva
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +21,8 @@ from faust.types import TP
 
 from vsync_stream.domain.fold import EntryState
 from vsync_stream.domain.vsync import VSyncLedger
-from vsync_stream.errors import StateNotReady
 from vsync_stream.metrics import LEDGER_DRIFT
+from vsync_stream.tables.changelog import produce_changelog
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,18 @@ log = logging.getLogger(__name__)
 def pair_prefix(participant: str, key_type: str) -> bytes:
     """The first bytes of every encoded :class:`EntryState` of (participant, key type)."""
     return orjson.dumps([participant, key_type])[:-1] + b","
+
+
+# The last key-events offset folded into a partition, kept in the partition itself (RocksDB and
+# changelog, written last in every fold batch). Not a Pix key: every Pix key starts with a printable
+# character. After a restore it says exactly which events the restored rows reflect, so the worker
+# resumes there even when the consumer group committed further (see ``VsyncApp._seek_to_tables``).
+OFFSET_KEY = b"\x00source-offset"
+
+
+def encode_offset(offset: int) -> bytes:
+    """The stored form of a source offset (ASCII decimal)."""
+    return str(offset).encode("ascii")
 
 
 @dataclass(slots=True)
@@ -40,18 +52,6 @@ class PartitionState:
     offset: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A consistent cut of the local partitions (invariant I4).
-
-    ``ledger`` combines every partition in ``offsets``; ``offsets`` maps partition → last offset of
-    the key-events topic folded into it (None when nothing was folded yet by this worker).
-    """
-
-    ledger: VSyncLedger
-    offsets: dict[int, int | None]
-
-
 class EntriesTable(faust.Table):  # type: ignore[misc]
     """Faust table of entry states plus the per-partition VSync ledgers derived from it."""
 
@@ -59,6 +59,7 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.partition_states: dict[int, PartitionState] = {}
         self.recovering = True
+        self.generation = -1  # consumer-group generation of the current assignment
         self.checks = 0  # ledger checks run (after recovery and on demand)
         self.drift_events = 0  # partitions found drifted, ever (each one repaired)
         self.last_drift: list[int] = []
@@ -68,6 +69,7 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
                            generation_id: int = 0) -> None:
         """Drop the ledgers of revoked partitions; state is not served until recovery completes."""
         self.recovering = True
+        self.generation = generation_id
         for tp in revoked:
             self.partition_states.pop(tp.partition, None)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
@@ -82,7 +84,7 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         drifted = []
         for partition in actives:
             previous = self.partition_states.get(partition)
-            state = PartitionState(self.scan_partition(partition), previous.offset if previous else None)
+            state = PartitionState(self.scan_partition(partition), self.source_offset(partition))
             if previous is not None and previous.ledger != state.ledger:
                 drifted.append(partition)
             rebuilt[partition] = state
@@ -92,23 +94,29 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         log.info("entries table ready: %d active partitions, ledgers rebuilt from the table", len(rebuilt))
 
     # -- batched access for the fold ---------------------------------------------------------
+    def source_offset(self, partition: int) -> int | None:
+        """The last key-events offset folded into a local partition (None: nothing folded yet)."""
+        raw = self.read(partition, OFFSET_KEY)
+        return None if raw is None else int(raw)
+
     def read(self, partition: int, key: bytes) -> bytes | None:
         """The stored value of ``key`` in a local partition (raw bytes), or None."""
         value: bytes | None = self.data._db_for_partition(partition).get(key)
         return value
 
-    def write_batch(self, partition: int, items: dict[bytes, bytes]) -> None:
-        """Write rows to a local partition in one RocksDB write batch and to the changelog.
+    def write_batch(self, partition: int, items: dict[bytes, bytes]) -> Coroutine[Any, Any, None]:
+        """Write rows to a local partition in one RocksDB write batch, then to the changelog.
 
-        One changelog record per key (its last state). The store's persisted changelog offset
-        advances as Kafka acknowledges them, as for ordinary Faust table writes.
+        The rows are written when this returns; the returned coroutine produces one changelog
+        record per key (its last state) in Kafka record batches (:mod:`.changelog`) and must be
+        awaited before the events are acknowledged. The store's persisted changelog offset advances
+        as Kafka acknowledges them, as for ordinary Faust table writes.
         """
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in items.items():
             batch.put(key, value)
         self.data._db_for_partition(partition).write(batch)
-        for key, value in items.items():
-            self.send_changelog(partition, key, value, key_serializer="raw", value_serializer="raw")
+        return produce_changelog(self, partition, items)
 
     # -- derived state ----------------------------------------------------------------------
     def iter_partition(self, partition: int) -> Iterator[tuple[bytes, EntryState]]:
@@ -116,32 +124,32 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         store = self.data
         db = store._db_for_partition(partition)  # faust RocksDB store: one DB per partition
         for key, value in store._visible_items(db):
-            yield key, EntryState.decode(value)
+            if key != OFFSET_KEY:
+                yield key, EntryState.decode(value)
 
     def partition_state(self, partition: int) -> PartitionState:
         """The derived state of a local partition, rebuilt from its rows if not yet known."""
         pstate = self.partition_states.get(partition)
         if pstate is None:
-            pstate = self.partition_states[partition] = PartitionState(self.scan_partition(partition))
+            pstate = self.partition_states[partition] = PartitionState(self.scan_partition(partition),
+                                                                       self.source_offset(partition))
         return pstate
 
-    def iter_pair(self, participant: str, key_type: str) -> Iterator[tuple[bytes, EntryState]]:
-        """The active rows of one (participant, key type) in every local partition.
+    def pair_rows(self, partition: int, participant: str, key_type: str) -> Iterator[tuple[bytes, str]]:
+        """``(pix_key_bytes, cid)`` of the active rows of one pair in one local partition.
 
-        Rows of other pairs are skipped on their encoded prefix, without decoding them. Safe to
-        run in a worker thread: RocksDB iterators read a consistent snapshot.
+        Safe to run in a worker thread (RocksDB iterators read a consistent snapshot).
         """
         prefix = pair_prefix(participant, key_type)
         store = self.data
-        for partition in sorted(self.partition_states):
-            db = store._db_for_partition(partition)
-            for key, value in store._visible_items(db):
-                if value.startswith(prefix):
-                    state = EntryState.decode(value)
-                    if state.cid is not None:
-                        yield key, state
+        for key, value in store._visible_items(store._db_for_partition(partition)):
+            if value.startswith(prefix):
+                cid = EntryState.decode(value).cid
+                if cid is not None:
+                    yield key, cid
 
-    def find_cids(self, wanted: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], dict[str, str]]:
+    def find_cids(self, wanted: dict[tuple[str, str], set[str]],
+                  partitions: list[int] | None = None) -> dict[tuple[str, str], dict[str, str]]:
         """Find the Pix keys that hold given CIDs, for several (participant, key type) at once.
 
         One pass over the local partitions serves every pair (a reconciliation of each NOK pair
@@ -149,6 +157,7 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
 
         Args:
             wanted: (participant, key type) → CIDs (64 lower-case hex) looked for.
+            partitions: the local partitions to search (all local ones when None).
 
         Returns:
             (participant, key type) → {CID: Pix key} for the CIDs found active locally.
@@ -156,7 +165,7 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         prefixes = {pair_prefix(p, t): (p, t) for p, t in wanted}
         found: dict[tuple[str, str], dict[str, str]] = {pair: {} for pair in wanted}
         store = self.data
-        for partition in sorted(self.partition_states):
+        for partition in sorted(self.partition_states) if partitions is None else partitions:
             db = store._db_for_partition(partition)
             for key, value in store._visible_items(db):
                 end = value.find(b'"', 13)  # ["<ISPB>","<key type>",…: the key type's closing quote
@@ -202,24 +211,47 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
             log.error("VSync ledger differed from the entries table in partitions %s; repaired from the table",
                       sorted(drifted))
 
-    def snapshot(self, required_partitions: int | None = None) -> Snapshot:
-        """Combine the local partitions into one ledger: the VSyncs this worker serves.
+    def report(self) -> PartitionReport:
+        """This worker's active partitions with their ledgers and offsets, read at one instant.
 
-        Args:
-            required_partitions: when given, every partition 0..N-1 must be local and recovered.
+        Runs without awaiting, so every partition's ledger matches its offset (invariant I4).
+        """
+        states = {p: PartitionState(_copy(s.ledger), s.offset) for p, s in sorted(self.partition_states.items())}
+        return PartitionReport(self.generation, self.recovering, states)
+
+
+def _copy(ledger: VSyncLedger) -> VSyncLedger:
+    copy = VSyncLedger()
+    copy.merge(ledger)
+    return copy
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionReport:
+    """What one worker holds: the group generation it saw, whether it is recovering, and per
+    active partition its ledger and last folded offset of the key-events topic."""
+
+    generation: int
+    recovering: bool
+    partitions: dict[int, PartitionState]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``GET /internal/partitions`` document."""
+        return {"generation": self.generation, "recovering": self.recovering,
+                "partitions": {str(p): {"offset": s.offset, "pairs": s.ledger.to_json()}
+                               for p, s in self.partitions.items()}}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PartitionReport:
+        """Parse a ``GET /internal/partitions`` document.
 
         Raises:
-            StateNotReady: recovery or a rebalance is under way, or required partitions are not
-                local to this worker.
+            ValueError: a malformed document.
         """
-        if self.recovering:
-            raise StateNotReady("table partitions are recovering; retry in a few seconds")
-        states = dict(self.partition_states)
-        if required_partitions is not None:
-            missing = sorted(set(range(required_partitions)) - set(states))
-            if missing:
-                raise StateNotReady(f"partitions {missing} are not assigned to this worker")
-        combined = VSyncLedger()
-        for pstate in states.values():
-            combined.merge(pstate.ledger)
-        return Snapshot(combined, {p: s.offset for p, s in sorted(states.items())})
+        try:
+            parts = {int(p): PartitionState(VSyncLedger.from_json(v["pairs"]),
+                                            None if v["offset"] is None else int(v["offset"]))
+                     for p, v in doc["partitions"].items()}
+            return cls(int(doc["generation"]), bool(doc["recovering"]), parts)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed partition report: {exc}") from None

@@ -16,11 +16,16 @@ import orjson
 
 from vsync_stream.agents.fold import make_fold_agent
 from vsync_stream.agents.verify import register_verify_timer
+from vsync_stream.auth import Authorizer
 from vsync_stream.bridges.audit_store import AuditStore, VerificationRecord
 from vsync_stream.bridges.dict_bridge import BridgeClient
+from vsync_stream.bridges.kafka_security import kafka_security
 from vsync_stream.bridges.kafka_topics import ensure_topics, product_topics
 from vsync_stream.bridges.pacing import parse_rate_limits
+from vsync_stream.bridges.pulsar_security import pulsar_client_options
 from vsync_stream.bridges.pulsar_source import PulsarSource
+from vsync_stream.bridges.tls import bridge_tls_kwargs
+from vsync_stream.cluster import Cluster
 from vsync_stream.dead_letters import dead_letter_record
 from vsync_stream.domain.events import KeyChange, encode_change
 from vsync_stream.errors import InvalidEvent, StateNotReady
@@ -29,6 +34,7 @@ from vsync_stream.names import ENTRIES_TABLE, changelog_topic
 from vsync_stream.reconciliation import Reconciler
 from vsync_stream.settings import Settings
 from vsync_stream.tables.entries import EntriesTable
+from vsync_stream.tables.restore import BulkTableManager
 from vsync_stream.verification import Verifier
 from vsync_stream.web import register_views
 
@@ -73,11 +79,17 @@ class VsyncApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.tokens = settings.tokens()
+        self.auth = Authorizer.from_settings(settings)
+        # Transport security of every client, checked now: a bad setting stops the worker at start.
+        self.kafka_security = kafka_security(settings)
+        self.pulsar_options = pulsar_client_options(settings)
+        self.bridge_tls = bridge_tls_kwargs(settings)
         self.faust = _FaustApp(
             settings.app_id,
             broker=settings.kafka_broker_url,
+            broker_credentials=self.kafka_security.faust_credentials(),
             store="rocksdb://",  # faust's RocksDB store, driven by rocksdict (table option below)
+            TableManager=BulkTableManager,  # changelog restore in write batches (tables/restore.py)
             datadir=str(settings.data_dir),
             autodiscover=False,
             topic_partitions=settings.partitions,
@@ -91,6 +103,8 @@ class VsyncApp:
             web_host=settings.web_host,
             web_bind=settings.web_host,
             web_port=settings.web_port,
+            canonical_url=settings.web_advertised_url or f"http://{settings.web_host}:{settings.web_port}",
+            consumer_group_instance_id=settings.group_instance_id,
             web_in_thread=False,
             timezone=None,
             logging_config=faust_logging_config(settings.log_format),
@@ -108,6 +122,8 @@ class VsyncApp:
             self.faust, name=ENTRIES_TABLE, default=None, partitions=settings.partitions, key_type=bytes,
             value_type=bytes, options={"driver": "rocksdict"}, beacon=self.faust.tables.beacon)
         self.faust.tables.add(self.entries)
+        token = settings.cluster_token.get_secret_value() if settings.cluster_token is not None else None
+        self.cluster = Cluster(self.faust, self.entries, settings.partitions, token, settings.cluster_timeout_s)
         self.faust.before_consuming = [self._ensure_topics]
         self._bridge: BridgeClient | None = None
         self._audit: AuditStore | None = None
@@ -125,7 +141,7 @@ class VsyncApp:
         s = self.settings
         specs = product_topics(s.key_events_topic, changelog_topic(self.faust.conf.id, ENTRIES_TABLE),
                                s.dead_letter_topic, s.partitions, s.core_notices_topic)
-        await ensure_topics(s.kafka_bootstrap, specs, s.replication_factor)
+        await ensure_topics(s.kafka_bootstrap, specs, s.replication_factor, self.kafka_security.client_kwargs())
 
     # -- clients, started with the worker ------------------------------------------------------
     async def _start_clients(self) -> None:
@@ -133,17 +149,17 @@ class VsyncApp:
         await audit.start()
         await audit.migrate()
         bridge = BridgeClient(self.settings.bridge_target, deadline_s=self.settings.bridge_deadline_s,
-                              root_cert_path=self.settings.bridge_tls_ca,
+                              **self.bridge_tls,
                               rate_limits=parse_rate_limits(self.settings.bridge_rate_limits))
         await bridge.start()
         self._audit, self._bridge = audit, bridge
         self._reconciler = Reconciler(
-            self.entries, bridge, verify_pair=self._verify_pair, last_ok=audit.last_ok,
+            self.cluster, bridge, verify_pair=self._verify_pair, last_ok=audit.last_ok,
             send_event=self._send_correction, send_notice=self._send_notice, record=audit.record_reconciliation,
             workdir=self.settings.reconcile_workdir)
         on_not_ok = self._start_reconciliation if self.settings.auto_reconcile else None
-        self._verifier = Verifier(lambda: self.entries.snapshot(required_partitions=self.settings.partitions),
-                                  bridge, audit, self.settings.participants, self.settings.key_types, on_not_ok)
+        self._verifier = Verifier(self.cluster.snapshot, bridge, audit, self.settings.participants,
+                                  self.settings.key_types, on_not_ok)
         log.info("clients ready: audit store migrated, Bridge at %s", self.settings.bridge_target)
 
     def audit(self) -> AuditStore:
@@ -193,7 +209,7 @@ class VsyncApp:
         s = self.settings
         while not self.faust.should_stop:
             source = PulsarSource(s.pulsar_url, s.pulsar_topic, s.pulsar_subscription, s.pulsar_subscription_type,
-                                  s.max_event_bytes)
+                                  s.max_event_bytes, client_options=self.pulsar_options)
             try:
                 await source.start()
                 await source.run(self._forward, self._dead_letter)

@@ -39,8 +39,9 @@ CONSUMER_LAG = Gauge("vsync_consumer_lag_messages",
 # -- the table ---------------------------------------------------------------------------------
 ENTRIES = Gauge("vsync_entries", "Active entries held by this worker", ["participant", "key_type"])
 VSYNC_KNOWN = Gauge("vsync_vsync_known",
-                    "1 when this worker holds every table partition, recovered, so the VSync it serves for the "
-                    "pair is the complete one a verification sends; 0 otherwise", ["participant", "key_type"])
+                    "1 when every table partition has a recovered owner, so the complete VSync a verification "
+                    "sends can be combined now (from this worker alone or from every worker of the app id); "
+                    "0 otherwise", ["participant", "key_type"])
 TABLE_RECOVERING = Gauge("vsync_table_recovering",
                          "1 while the entries table is recovering or rebalancing (not ready), else 0")
 TABLE_PARTITIONS = Gauge("vsync_table_active_partitions", "Partitions of the entries table active on this worker")
@@ -124,13 +125,20 @@ class MetricsRefresher:
         self.partitions = partitions
         self._audit_read_at = float("-inf")
 
-    def refresh_table(self, table: _Table) -> None:
-        """Entries per pair, whether the served VSync is complete, recovery, active partitions."""
+    def refresh_table(self, table: _Table, complete: bool | None = None) -> None:
+        """Entries per pair held here, whether the complete VSync is available, recovery, active partitions.
+
+        Args:
+            table: this worker's entries table.
+            complete: whether a cluster-wide cut could be combined just now (``Cluster.snapshot``);
+                None: judge from this worker alone (every partition local and recovered).
+        """
         recovering = bool(table.recovering)
         TABLE_RECOVERING.set(1 if recovering else 0)
         states = dict(table.partition_states)
         TABLE_PARTITIONS.set(len(states))
-        complete = not recovering and set(range(self.partitions)) <= set(states)
+        if complete is None:
+            complete = not recovering and set(range(self.partitions)) <= set(states)
         combined = VSyncLedger()
         for state in states.values():
             combined.merge(state.ledger)

@@ -37,7 +37,7 @@ from vsync_stream.domain.reconcile import (
     net_cid_changes,
     plan_corrections,
 )
-from vsync_stream.errors import BridgeError, StateNotReady, VsyncError
+from vsync_stream.errors import BridgeError, VsyncError
 from vsync_stream.logging_setup import log_context
 from vsync_stream.metrics import CORRECTIONS, RECONCILIATION_SECONDS, RECONCILIATIONS
 
@@ -85,21 +85,20 @@ class Reconciliation:
 
 
 class Table(Protocol):
-    """What the reconciler reads from the entries table (``EntriesTable`` implements it)."""
+    """What the reconciler reads from the entries table, over every partition whatever worker owns
+    it (``vsync_stream.cluster.Cluster`` implements it)."""
 
-    recovering: bool
-    partition_states: dict[int, Any]
-
-    def iter_pair(self, participant: str, key_type: str) -> Iterator[tuple[bytes, EntryState]]: ...
+    async def check_ready(self) -> None: ...
+    async def get_raw(self, key: bytes) -> bytes | None: ...
+    def pair_cids(self, participant: str, key_type: str) -> Iterator[str]: ...
     def find_cids(self, wanted: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], dict[str, str]]: ...
-    def get(self, key: bytes) -> bytes | None: ...
 
 
 class Reconciler:
     """Runs reconciliations, at most one per (participant, key type) at a time.
 
     Args:
-        table: the entries table (all partitions must be local).
+        table: the entries table over every partition (``Cluster``).
         bridge: the Bridge client.
         verify_pair: verifies one pair now and returns ``"OK"``/``"NOK"``/``"ERROR"``.
         last_ok: returns when the pair was last verified OK (None if never).
@@ -178,8 +177,7 @@ class Reconciler:
         log.info("reconciliation %s %s/%s: %s", run.id, run.participant, run.key_type, phase)
 
     async def _reconcile(self, run: Reconciliation) -> None:
-        if self.table.recovering:
-            raise StateNotReady("table partitions are recovering")
+        await self.table.check_ready()
         since = await self._last_ok(run.participant, run.key_type)
         if since is not None:
             run.path, run.attempts = "cheap", 1
@@ -254,8 +252,7 @@ class Reconciler:
 
     # -- local side ---------------------------------------------------------------------------
     def _pair_cids(self, run: Reconciliation) -> Iterator[str]:
-        return (state.cid for _key, state in self.table.iter_pair(run.participant, run.key_type)
-                if state.cid is not None)
+        return self.table.pair_cids(run.participant, run.key_type)
 
     async def _local_cids(self, run: Reconciliation, wanted: set[str]) -> dict[str, str]:
         """CID → Pix key for the local CIDs of the pair that are in ``wanted``.
@@ -305,7 +302,7 @@ class Reconciler:
         now_ms = int(time.time() * 1000)
         for correction in corrections:
             key = correction.key.encode("utf-8")
-            raw = self.table.get(key)
+            raw = await self.table.get_raw(key)
             event = change_of(corrective_event(correction, EntryState.decode(raw) if raw is not None else None,
                                                now_ms))
             await self._send_event(event)
@@ -336,7 +333,7 @@ class Reconciler:
         while pending:
             still = []
             for key, event in pending:
-                raw = self.table.get(key)
+                raw = await self.table.get_raw(key)
                 state = EntryState.decode(raw) if raw is not None else None
                 applied = state is not None and (state.event_id == event.event_id or is_older(event, state))
                 if not applied:

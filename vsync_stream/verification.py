@@ -12,16 +12,16 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 from vsync_stream.bridges.audit_store import VerificationRecord
+from vsync_stream.cluster import ClusterSnapshot
 from vsync_stream.domain.vsync import vsync_hex
 from vsync_stream.errors import BridgeError
 from vsync_stream.logging_setup import log_context
 from vsync_stream.metrics import LAST_OK, VERIFICATION_SECONDS, VERIFICATIONS, record_last_result
-from vsync_stream.tables.entries import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ class Verifier:
     """Runs verification rounds, one at a time.
 
     Args:
-        snapshot: returns the consistent cut to verify; raises ``StateNotReady`` while recovering.
+        snapshot: returns the consistent cut of every partition to verify (``Cluster.snapshot``);
+            raises ``StateNotReady`` while a partition is recovering or the assignment is changing.
         bridge: the Bridge client.
         audit: the audit store.
         participants: ISPBs to verify.
@@ -55,7 +56,7 @@ class Verifier:
         on_not_ok: called with each NOK record after a round (e.g. to start a reconciliation).
     """
 
-    def __init__(self, snapshot: Callable[[], Snapshot], bridge: SyncVerifier, audit: VerificationLog,
+    def __init__(self, snapshot: Callable[[], Awaitable[ClusterSnapshot]], bridge: SyncVerifier, audit: VerificationLog,
                  participants: Sequence[str], key_types: Sequence[str],
                  on_not_ok: Callable[[VerificationRecord], None] | None = None) -> None:
         self._snapshot = snapshot
@@ -77,11 +78,11 @@ class Verifier:
             One record per pair; a Bridge failure for a pair is recorded as result ``ERROR``.
 
         Raises:
-            StateNotReady: the table is recovering; nothing was sent to the DICT.
+            StateNotReady: a partition is recovering, unreachable or moving; nothing was sent to the DICT.
         """
         async with self._lock:
             started = time.perf_counter()
-            cut = self._snapshot()
+            cut = await self._snapshot()
             round_id = str(uuid.uuid4())
             if pairs is None:
                 pairs = [(p, t) for p in self.participants for t in self.key_types]
@@ -98,7 +99,7 @@ class Verifier:
                          len(nok), nok)
             return records
 
-    async def _verify_pair(self, round_id: str, cut: Snapshot, participant: str, key_type: str,
+    async def _verify_pair(self, round_id: str, cut: ClusterSnapshot, participant: str, key_type: str,
                            trigger: str) -> VerificationRecord:
         vsync = vsync_hex(cut.ledger.vsync(participant, key_type))
         started_at = datetime.now(UTC)

@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -218,3 +218,22 @@ async def wait_answering(worker: WorkerProcess, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no /healthz answer in {timeout_s:.0f} s; log {worker.log_path}")
             await asyncio.sleep(0.1)
+
+
+P1, P2 = "12345678", "00000208"  # the participants of ``pipeline_factory``'s default pipeline
+
+
+def diverge(pipeline: Pipeline) -> dict[str, tuple[str, str]]:
+    """Change the DICT behind the pipeline's back: one divergence of each kind, in distinct pairs."""
+    model = pipeline.model
+    entries = model.entries()
+    by_pair = {(e.participant, e.key_type): e for e in entries}
+    missing = replace(by_pair[(P1, "CPF")], key="52998224725", request_id=str(uuid.uuid4()))
+    model.tamper_create(missing)                                       # only at the DICT → add
+    extra = by_pair[(P1, "PHONE")]
+    model.tamper_delete(extra.key)                                     # only local → remove
+    changed = by_pair[(P2, "EMAIL")]
+    model.tamper_update(changed.key, account_number="424242")         # both, different CID → replace
+    evp = by_pair[(P2, "EVP")]
+    model.tamper_delete(evp.key)                                       # local-only EVP → removed
+    return {"add": (P1, "CPF"), "remove": (P1, "PHONE"), "replace": (P2, "EMAIL"), "evp": (P2, "EVP")}

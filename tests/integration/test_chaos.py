@@ -69,6 +69,7 @@ from vsync_stream.domain.fold import EntryState, FoldStatus, fold
 from vsync_stream.errors import InvalidEvent
 from vsync_stream.names import changelog_topic
 from vsync_stream.simulator.population import generate_entries
+from vsync_stream.tables.entries import OFFSET_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -186,9 +187,18 @@ async def collect_facts(pipeline: Pipeline, kafka_bootstrap: str, stream: ChaosS
     # (d) the entries changelog end to end: the newest state of every key.
     changelog = await read_topic(kafka_bootstrap, changelog_topic(env["VSYNC_APP_ID"]), timeout_s=600)
     table: dict[str, EntryState] = {}
+    markers: dict[int, int] = {}
     for record in sorted(changelog, key=lambda r: (r.partition, r.offset)):
         assert record.key is not None and record.value is not None
+        if record.key == OFFSET_KEY:
+            markers[record.partition] = int(record.value)
+            continue
         table[record.key.decode("utf-8")] = EntryState.decode(record.value)
+    # every partition's changelog ends saying it folded its key events up to the last one
+    last_folded: dict[int, int] = {}
+    for r in key_records:
+        last_folded[r.partition] = max(r.offset, last_folded.get(r.partition, -1))
+    assert markers == last_folded, f"changelog source offsets {markers}, key-events ends {last_folded}"
     expected_rows = {key: (event.event_id, entry.cid if (entry := pipeline.model.entry(key)) is not None else None)
                      for key, event in stream.last_event_per_key().items()}
     wrong_rows = {k: ((table[k].event_id, table[k].cid) if k in table else None, want)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import replace
 
 import aiohttp
 import asyncpg
@@ -17,29 +16,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from tests.integration.conftest import Pipeline, PipelineFactory
-from tests.integration.helpers import served_vsyncs, truth
+from tests.integration.helpers import diverge, served_vsyncs, truth
 from tests.integration.test_pipeline import make_history
 from vsync_stream.cli import request_verification, run_reconciliation
 
 pytestmark = pytest.mark.integration
 
 P1, P2 = "12345678", "00000208"
-
-
-def diverge(pipeline: Pipeline) -> dict[str, tuple[str, str]]:
-    """Change the DICT behind the pipeline's back: one divergence of each kind, in distinct pairs."""
-    model = pipeline.model
-    entries = model.entries()
-    by_pair = {(e.participant, e.key_type): e for e in entries}
-    missing = replace(by_pair[(P1, "CPF")], key="52998224725", request_id=str(uuid.uuid4()))
-    model.tamper_create(missing)                                       # only at the DICT → add
-    extra = by_pair[(P1, "PHONE")]
-    model.tamper_delete(extra.key)                                     # only local → remove
-    changed = by_pair[(P2, "EMAIL")]
-    model.tamper_update(changed.key, account_number="424242")         # both, different CID → replace
-    evp = by_pair[(P2, "EVP")]
-    model.tamper_delete(evp.key)                                       # local-only EVP → removed
-    return {"add": (P1, "CPF"), "remove": (P1, "PHONE"), "replace": (P2, "EMAIL"), "evp": (P2, "EVP")}
 
 
 async def wait_reconciliations_done(pipeline: Pipeline, expected: int, timeout_s: float = 180) -> list[dict]:

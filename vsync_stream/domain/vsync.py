@@ -86,6 +86,25 @@ class VSyncLedger:
             slot[0] ^= acc
             slot[1] += n
 
+    def to_json(self) -> dict[str, list[int | str]]:
+        """``{"<participant>/<key type>": [count, "<VSync, 64 hex>"]}`` for every non-empty pair."""
+        return {f"{p}/{t}": [n, vsync_hex(acc)] for (p, t), acc, n in self.items()}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, list[int | str]]) -> VSyncLedger:
+        """The inverse of :meth:`to_json`.
+
+        Raises:
+            ValueError: a malformed document.
+        """
+        ledger = cls()
+        for pair, (n, acc) in doc.items():
+            participant, _, key_type = pair.partition("/")
+            if not key_type or not isinstance(n, int) or not isinstance(acc, str) or len(acc) != 64:
+                raise ValueError(f"malformed ledger entry {pair!r}")
+            ledger._acc[(participant, key_type)] = [int(acc, 16), n]
+        return ledger
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VSyncLedger):
             return NotImplemented
