@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka.partitioner import murmur2
+from yarl import URL
 
 from vsync_stream.domain.vsync import VSyncLedger
 from vsync_stream.errors import StateNotReady
@@ -150,8 +151,9 @@ class Cluster:
         headers = self._headers(scopes, hops + 1)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         try:
+            target = URL(url.rstrip("/") + path_qs, encoded=True)  # as received: no dot-segment collapsing
             async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-                    method, url.rstrip("/") + path_qs, data=body or None, headers=headers) as resp:
+                    method, target, data=body or None, headers=headers) as resp:
                 return Forwarded(resp.status, await resp.read(), resp.content_type, resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StateNotReady(f"the owner {url} did not answer ({type(exc).__name__}); the assignment may be "

@@ -21,7 +21,6 @@ import json
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -89,11 +88,13 @@ def register_views(vapp: VsyncApp) -> None:
 
     async def relay(view: View, request: Request, url: str, body: bytes = b"") -> Response:
         """Forward the request to the worker at ``url`` and answer with its response."""
-        hops = _int(request.headers.get(HOPS_HEADER, "0"))
+        scopes_in = vapp.auth.effective_scopes(request.headers)
+        # Only a forwarding worker (cluster token) says how often a request went round already.
+        hops = max(0, _int(request.headers.get(HOPS_HEADER, "0"))) if Scope.CLUSTER in scopes_in else 0
         if hops >= MAX_HOPS:
             return not_ready(view, StateNotReady(f"forwarded {hops} times without reaching the owner: the "
                                                  f"assignment is changing; retry in a few seconds"))
-        scopes = ",".join(sorted(s.value for s in vapp.auth.effective_scopes(request.headers)))
+        scopes = ",".join(sorted(s.value for s in scopes_in))
         try:
             reply: Forwarded = await cluster.forward(url, request.method, str(request.rel_url), body, scopes, hops)
         except StateNotReady as exc:
@@ -150,12 +151,19 @@ def register_views(vapp: VsyncApp) -> None:
     # -- entries (routed to the partition's owner) ------------------------------------------------
     @app.page("/entries/{key}")
     async def entry_view(self: View, request: Request, key: str) -> Response:
+        return await serve_entry(self, request, key)  # the router has decoded the key once
+
+    @app.page("/entries")
+    async def entry_query_view(self: View, request: Request) -> Response:
+        """``GET /entries?key=…``: for keys a path cannot carry (an e-mail key may contain '/')."""
+        return await serve_entry(self, request, request.query.get("key", ""))
+
+    async def serve_entry(self: View, request: Request, pix_key: str) -> Response:
         refused = denied(self, request, Scope.ENTRIES)
         if refused is not None:
             return refused
-        pix_key = unquote(key)
-        if not pix_key or len(pix_key) > MAX_PIX_KEY_CHARS:
-            return self.json({"error": f"a Pix key has 1 to {MAX_PIX_KEY_CHARS} characters"}, status=400)
+        if not pix_key or len(pix_key) > MAX_PIX_KEY_CHARS or pix_key in (".", "..") or not pix_key.isprintable():
+            return self.json({"error": f"a Pix key has 1 to {MAX_PIX_KEY_CHARS} printable characters"}, status=400)
         raw_key = pix_key.encode("utf-8")
         partition = cluster.partition_of(raw_key)
         try:
@@ -233,7 +241,7 @@ def register_views(vapp: VsyncApp) -> None:
             try:
                 doc = json.loads(body or b"{}")
                 participant, key_type = str(doc["participant"]), str(doc["keyType"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 return self.json({"error": 'body must be JSON {"participant": "<ISPB>", "keyType": "<key type>"}'},
                                  status=400)
             if participant not in vapp.settings.participants or key_type not in vapp.settings.key_types:
@@ -392,8 +400,8 @@ def register_views(vapp: VsyncApp) -> None:
                 return too_large(self, INTERNAL_BODY_BYTES)
             try:
                 wanted = {parse_pair_cids_query(pair): set(cids) for pair, cids in json.loads(body).items()}
-            except (ValueError, AttributeError, TypeError) as exc:
-                return self.json({"error": f"malformed body: {exc}"}, status=400)
+            except (ValueError, AttributeError, TypeError, RecursionError) as exc:
+                return self.json({"error": f"malformed body: {type(exc).__name__}"}, status=400)
             found = await asyncio.to_thread(vapp.entries.find_cids, wanted, [number])
             return self.json({f"{p}/{t}": keys for (p, t), keys in found.items()})
 

@@ -7,6 +7,7 @@ with the DICT simulator as a real gRPC server holding the ground truth.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import shutil
 import uuid
@@ -22,6 +23,7 @@ from tests.factories import event_doc
 from tests.integration.conftest import Pipeline, PipelineFactory
 from tests.integration.helpers import read_dead_letters, served_vsyncs, truth, wait_converged
 from vsync_stream.cli import request_verification
+from vsync_stream.dead_letters import PAYLOAD_KEPT_BYTES
 from vsync_stream.simulator.population import generate_entries, random_update_changes
 
 pytestmark = pytest.mark.integration
@@ -38,6 +40,8 @@ BAD_INPUT: list[tuple[str, bytes]] = [
     ("key_format", orjson.dumps(event_doc(entry__keyType="CPF", entry__key="+5511987654321"))),
     ("request_id_not_uuid", orjson.dumps(event_doc(entry__requestId="req-1"))),
     ("participant_not_8_digits", orjson.dumps(event_doc(entry__account__participant="1234"))),
+    # over 1 MB as a dead letter if kept whole: Kafka's default record limit would block the adapter
+    ("oversize", orjson.dumps(event_doc(reason="x" * 800_000))),
 ]
 
 
@@ -72,7 +76,10 @@ async def test_main_job_end_to_end(pipeline_factory: PipelineFactory, kafka_boot
     # Bad input: every message is in the dead-letter topic with its reason and original bytes.
     letters = await read_dead_letters(kafka_bootstrap, pipeline.dead_letter_topic, len(BAD_INPUT))
     assert sorted(doc["reason"] for doc, _ in letters) == sorted(code for code, _ in BAD_INPUT)
-    assert sorted(payload for _, payload in letters) == sorted(payload for _, payload in BAD_INPUT)
+    assert sorted(payload for _, payload in letters) == sorted(payload[:PAYLOAD_KEPT_BYTES] for _, payload in BAD_INPUT)
+    cut = [doc for doc, _ in letters if doc.get("payloadTruncated")]
+    big = BAD_INPUT[-1][1]
+    assert [(d["payloadBytes"], d["payloadSha256"]) for d in cut] == [(len(big), hashlib.sha256(big).hexdigest())]
     assert all(doc["detail"] and doc["stage"] == "adapter" for doc, _ in letters)
 
     # On-demand verification needs a token; with one, every pair is OK.

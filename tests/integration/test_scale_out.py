@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.integration.conftest import Pipeline, PipelineFactory
 from tests.integration.helpers import diverge, read_topic, truth
@@ -277,6 +278,17 @@ async def test_scale_one_three_two_with_a_crash(pipeline_factory: PipelineFactor
                     break
             else:
                 raise AssertionError(f"every sampled key is owned by {worker.base_url}")
+    # hostile requests get clean 4xx answers, never a 500 or another endpoint's answer
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        auth = {"Authorization": f"Bearer {pipeline.token}"}
+        for worker in (w1, w2):
+            async with session.post(f"{worker.base_url}/reconcile", headers=auth, data=b"[" * 60_000) as resp:
+                assert resp.status == 400, await resp.text()
+            for raw_path in ("/entries/..", "/entries/%2E%2E", "/entries/%00"):
+                async with session.get(URL(worker.base_url + raw_path, encoded=True), headers=auth) as resp:
+                    assert resp.status in (400, 404), (raw_path, resp.status, await resp.text())
+            async with session.get(f"{worker.base_url}/entries", params={"key": keys[0]}, headers=auth) as resp:
+                assert resp.status == 200 and (await resp.json())["keyType"], await resp.text()
     # the DICT changes behind the pipeline's back; reconciliations asked of either worker run on the
     # coordinator, look rows up on every partition's owner, and end OK
     kinds = diverge(pipeline)
