@@ -57,8 +57,9 @@ CLIENT_TUNING: dict[str, Any] = {
 
 
 # RocksDB of the entries table, one database per partition. Faust's defaults (3 write buffers of
-# 64 MB and a 2 GB block cache per database) kept every row of 1 M entries in memory buffers: 420 MB
-# per million entries measured (BENCHMARKS.md); 8 MB buffers cut the buffers' share about threefold.
+# 64 MB and a 2 GB block cache per database) let every row of 1 M entries stay in memory buffers;
+# with these, rows are flushed to disk during the fold. Measured at 1 M entries: 420 -> 408 MB per
+# million (BENCHMARKS.md): the buffers were not what holds most of the worker's memory.
 ROCKSDB_OPTIONS: dict[str, Any] = {
     "driver": "rocksdict",
     "write_buffer_size": 8 * 1024 * 1024,
