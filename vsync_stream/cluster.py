@@ -101,6 +101,18 @@ class Cluster:
         distribution = self.app.assignor.changelog_distribution or {}
         return {p: url for url, topics in distribution.items() for p in topics.get(topic, ())}
 
+    def placement(self) -> dict[int, str]:
+        """:meth:`owners`, for every partition 0..N-1.
+
+        Raises:
+            StateNotReady: some partition has no owner yet (the group is rebalancing).
+        """
+        owners = self.owners()
+        missing = sorted(set(range(self.partitions)) - set(owners))
+        if missing:
+            raise StateNotReady(f"partitions {missing} have no owner yet: the consumer group is rebalancing")
+        return owners
+
     def owner(self, partition: int) -> str:
         """The advertised URL of the owner of ``partition``.
 
@@ -184,12 +196,7 @@ class Cluster:
         local = self.entries.report()
         if local.recovering:
             raise StateNotReady("table partitions are recovering on this worker; retry in a few seconds")
-        owners = self.owners() if self.partitions > len(local.partitions) else {}
-        if not owners:  # every partition is local (a single worker, or one that holds them all)
-            owners = {p: self.self_url for p in local.partitions}
-        missing = sorted(set(range(self.partitions)) - set(owners))
-        if missing:
-            raise StateNotReady(f"partitions {missing} have no owner yet: the consumer group is rebalancing")
+        owners = self.placement()
         reports = {self.self_url: local}
         others = sorted({url for url in owners.values() if not self.is_self(url)})
         for url, report in zip(others, await asyncio.gather(*[self._report(url) for url in others]), strict=True):
@@ -253,20 +260,13 @@ class Cluster:
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise StateNotReady(f"worker {url} did not answer ({type(exc).__name__})") from None
 
-    def _placement(self) -> dict[int, str]:
-        owners = self.owners() or {p: self.self_url for p in self.entries.partition_states}
-        missing = sorted(set(range(self.partitions)) - set(owners))
-        if missing:
-            raise StateNotReady(f"partitions {missing} have no owner yet: the consumer group is rebalancing")
-        return owners
-
     def pair_cids(self, participant: str, key_type: str) -> Iterator[str]:
         """Every active CID (64 lower-case hex) of one (participant, key type), over all partitions.
 
         Raises:
             StateNotReady: a partition's owner is recovering or unreachable (never a partial set).
         """
-        for partition, url in sorted(self._placement().items()):
+        for partition, url in sorted(self.placement().items()):
             if self.is_self(url):
                 if not self._local_ready(partition):
                     raise StateNotReady(f"partition {partition} is recovering; retry later")
@@ -285,7 +285,7 @@ class Cluster:
         """
         found: dict[tuple[str, str], dict[str, str]] = {pair: {} for pair in wanted}
         body = json.dumps({f"{p}/{t}": sorted(cids) for (p, t), cids in wanted.items()}).encode()
-        for partition, url in sorted(self._placement().items()):
+        for partition, url in sorted(self.placement().items()):
             if self.is_self(url):
                 if not self._local_ready(partition):
                     raise StateNotReady(f"partition {partition} is recovering; retry later")

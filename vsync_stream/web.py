@@ -102,16 +102,14 @@ def register_views(vapp: VsyncApp) -> None:
         headers = {"Retry-After": reply.retry_after} if reply.retry_after else {}
         return view.bytes(reply.body, content_type=reply.content_type, status=reply.status, headers=headers)
 
-    def coordinator_elsewhere() -> str | None:
-        """The coordinator's URL when it is another worker; None when it is this one.
-
-        Raises:
-            StateNotReady: partition 0 has no owner (the group is rebalancing).
-        """
-        if len(vapp.entries.partition_states) == vapp.settings.partitions and not cluster.owners():
-            return None  # every partition is here and no assignment metadata: a lone worker
-        url = cluster.coordinator()
-        return None if cluster.is_self(url) else url
+    async def on_coordinator(view: View, request: Request, body: bytes = b"") -> Response | None:
+        """None when this worker is the coordinator (the owner of partition 0) and must answer;
+        otherwise the coordinator's answer to the forwarded request (503 while nobody owns it)."""
+        try:
+            url = cluster.coordinator()
+        except StateNotReady as exc:
+            return not_ready(view, exc)
+        return None if cluster.is_self(url) else await relay(view, request, url, body)
 
     def vsync_row(cut: Any, latest: dict[tuple[str, str], Any], participant: str, key_type: str) -> dict[str, Any]:
         last = latest.get((participant, key_type))
@@ -167,7 +165,7 @@ def register_views(vapp: VsyncApp) -> None:
         raw_key = pix_key.encode("utf-8")
         partition = cluster.partition_of(raw_key)
         try:
-            owner = cluster.owner(partition) if cluster.owners() else cluster.self_url
+            owner = cluster.owner(partition)
         except StateNotReady as exc:
             return not_ready(self, exc)
         if not cluster.is_self(owner):
@@ -206,10 +204,10 @@ def register_views(vapp: VsyncApp) -> None:
                 return refused
             if await read_body(request, max_body) is None:
                 return too_large(self, max_body)
+            forwarded = await on_coordinator(self, request)
+            if forwarded is not None:
+                return forwarded
             try:
-                elsewhere = coordinator_elsewhere()
-                if elsewhere is not None:
-                    return await relay(self, request, elsewhere)
                 records = await vapp.verifier().run(trigger="web")
             except StateNotReady as exc:
                 return not_ready(self, exc)
@@ -248,10 +246,10 @@ def register_views(vapp: VsyncApp) -> None:
                 return self.json({"error": f"unknown pair {participant}/{key_type}: participants are "
                                            f"{vapp.settings.participants}, key types {list(vapp.settings.key_types)}"},
                                  status=400)
+            forwarded = await on_coordinator(self, request, body)
+            if forwarded is not None:
+                return forwarded
             try:
-                elsewhere = coordinator_elsewhere()
-                if elsewhere is not None:
-                    return await relay(self, request, elsewhere, body)
                 run = vapp.reconciler().start(participant, key_type, trigger="web")
             except StateNotReady as exc:
                 return not_ready(self, exc)
@@ -261,10 +259,10 @@ def register_views(vapp: VsyncApp) -> None:
 
     @app.page("/reconciliations")
     async def reconciliations_view(self: View, request: Request) -> Response:
+        forwarded = await on_coordinator(self, request)
+        if forwarded is not None:
+            return forwarded
         try:
-            elsewhere = coordinator_elsewhere()
-            if elsewhere is not None:
-                return await relay(self, request, elsewhere)
             reconciler = vapp.reconciler()
             recent = await vapp.audit().recent_reconciliations(50)
         except StateNotReady as exc:
@@ -273,10 +271,10 @@ def register_views(vapp: VsyncApp) -> None:
 
     @app.page("/reconciliations/{run_id}")
     async def reconciliation_view(self: View, request: Request, run_id: str) -> Response:
+        forwarded = await on_coordinator(self, request)
+        if forwarded is not None:
+            return forwarded
         try:
-            elsewhere = coordinator_elsewhere()
-            if elsewhere is not None:
-                return await relay(self, request, elsewhere)
             run = vapp.reconciler().runs.get(run_id)
         except StateNotReady as exc:
             return not_ready(self, exc)
