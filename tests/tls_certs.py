@@ -6,10 +6,14 @@ EC P-256 keys so it takes milliseconds. Valid for two days; never used outside a
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,18 @@ def make_pki(directory: Path) -> TestPki:
     return TestPki(ca=directory / "ca.pem", server_cert=directory / "server.pem", server_key=directory / "server.key",
                    client_cert=directory / "client.pem", client_key=directory / "client.key",
                    other_ca=directory / "other-ca.pem")
+
+
+@pytest.fixture
+def no_vsync_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No VSYNC_* variable of the caller's shell leaks into the settings under test
+    (``pytestmark = pytest.mark.usefixtures("no_vsync_env")``)."""
+    for name in [n for n in os.environ if n.startswith("VSYNC_")]:
+        monkeypatch.delenv(name)
+    yield
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """A throwaway CA with server and client certificates, one per test module."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

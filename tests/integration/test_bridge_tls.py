@@ -3,15 +3,14 @@ settings (VSYNC_BRIDGE_TLS_CA / _CERT / _KEY), with a throwaway CA made for the 
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
 
-from tests.tls_certs import TestPki, make_pki
+from tests.tls_certs import TestPki
 from vsync_stream.bridges.dict_bridge import BridgeClient
 from vsync_stream.bridges.tls import bridge_tls_kwargs
 from vsync_stream.errors import BridgeUnavailable
@@ -20,21 +19,11 @@ from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import generate_entries
 from vsync_stream.simulator.server import DictSimulator
 
+pytestmark = pytest.mark.usefixtures("no_vsync_env")
+
 P1 = "12345678"
 FAST_FAIL: dict[str, Any] = {"deadline_s": 2.0, "max_attempts": 2, "max_retry_s": 3.0, "backoff_initial_s": 0.01,
                              "backoff_max_s": 0.05}
-
-
-@pytest.fixture(autouse=True)
-def _no_vsync_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in [n for n in os.environ if n.startswith("VSYNC_")]:
-        monkeypatch.delenv(name)
-    yield
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@ arguments, and bad combinations stop the start with a ConfigurationError that sa
 
 from __future__ import annotations
 
-import os
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +13,16 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from tests.tls_certs import TestPki, make_pki
+from tests.tls_certs import TestPki
 from vsync_stream.bridges.kafka_security import KafkaSecurity, kafka_security
 from vsync_stream.bridges.pulsar_security import is_tls_url, pulsar_client_options
 from vsync_stream.bridges.tls import bridge_tls_kwargs
 from vsync_stream.errors import ConfigurationError
 from vsync_stream.settings import Settings
 
+pytestmark = pytest.mark.usefixtures("no_vsync_env")
+
 PASSWORD = "s3cret-sasl-password"
-
-
-@pytest.fixture(autouse=True)
-def _no_vsync_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in [n for n in os.environ if n.startswith("VSYNC_")]:
-        monkeypatch.delenv(name)
-    yield
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def settings(**values: Any) -> Settings:
