@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack
+# A stack that comes up only in part is stopped again: nothing is left running on the machine.
+STACK_UP := $(STACK) up || { $(STACK) down; exit 1; }
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # KEEP=1 leaves the local stack running after `make demo` / `make test`.
 KEEP ?= 0
@@ -44,14 +46,14 @@ stack-status:
 	$(STACK) status
 
 demo: install
-	$(STACK) up
+	$(STACK_UP)
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/vsync-stream demo $(DEMO_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 
 # BACEN's homologation drill: 1,000,000 entries, 1,000 keys changed behind the pipeline's back.
 drill: install
-	$(STACK) up
+	$(STACK_UP)
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/vsync-stream drill $(DRILL_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
@@ -59,7 +61,7 @@ drill: install
 # Streaming pipeline: fold throughput against a per-event Faust baseline, Pulsar→table latency,
 # changelog restore rate and worker memory, in one run (200,000 events by default).
 bench: install
-	$(STACK) up
+	$(STACK_UP)
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/python benchmarks/bench_pipeline.py $(BENCH_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
@@ -69,7 +71,7 @@ bench-diff: install
 	$(BIN)/python benchmarks/bench_diff.py $(BENCH_ARGS)
 
 test: install system-deps
-	$(STACK) up
+	$(STACK_UP)
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
@@ -77,7 +79,7 @@ test: install system-deps
 # The full fault-injection run (200,000 events, SIGKILLs, Kafka and Pulsar restarts), figures printed.
 # The reduced run is part of `make test`. VSYNC_CHAOS_SEED=<n> picks another stream and fault moments.
 chaos: install
-	$(STACK) up
+	$(STACK_UP)
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/pytest -s -m chaos_full tests/integration/test_chaos.py $(PYTEST_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
