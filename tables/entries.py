@@ -10,7 +10,7 @@ It is never restored from anywhere else, so it cannot drift from the table (inva
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ def pair_prefix(participant: str, key_type: str) -> bytes:
 # The last key-events offset folded into a partition, kept in the partition itself (RocksDB and
 # changelog, written last in every fold batch). Not a Pix key: every Pix key starts with a printable
 # character. After a restore it says exactly which events the restored rows reflect, so the worker
-# resumes there even when the consumer group committed further (see ``VsyncApp._seek_to_tables``).
+# resumes there even when the consumer group committed further (see ``agents/fold.py``).
 OFFSET_KEY = b"\x00source-offset"
 
 
@@ -103,6 +103,11 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         """The stored value of ``key`` in a local partition (raw bytes), or None."""
         value: bytes | None = self.data._db_for_partition(partition).get(key)
         return value
+
+    def reader(self, partition: int) -> Callable[[bytes], bytes | None]:
+        """:meth:`read` bound to one local partition (the fold's per-event lookup, without the indirection)."""
+        get: Callable[[bytes], bytes | None] = self.data._db_for_partition(partition).get
+        return get
 
     def write_batch(self, partition: int, items: dict[bytes, bytes]) -> Coroutine[Any, Any, None]:
         """Write rows to a local partition in one RocksDB write batch, then to the changelog.

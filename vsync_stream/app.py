@@ -14,9 +14,10 @@ from typing import Any
 import faust
 import orjson
 
-from vsync_stream.agents.fold import make_fold_agent
+from vsync_stream.agents.fold import register_fold
 from vsync_stream.agents.verify import register_verify_timer
 from vsync_stream.auth import Authorizer
+from vsync_stream.bridges import kafka_batches
 from vsync_stream.bridges.audit_store import AuditStore, VerificationRecord
 from vsync_stream.bridges.dict_bridge import BridgeClient
 from vsync_stream.bridges.kafka_security import kafka_security
@@ -142,7 +143,8 @@ class VsyncApp:
         self._verifier: Verifier | None = None
         self._reconciler: Reconciler | None = None
 
-        make_fold_agent(self.faust, self.key_events, self.dead_letters, self.entries, settings.max_event_bytes)
+        kafka_batches.install(self.faust)  # the fold takes each partition's fetched records at once
+        register_fold(self.faust, self.key_events, self.dead_letters, self.entries, settings.max_event_bytes)
         register_verify_timer(self)
         register_views(self)
         self.faust.task(self._start_clients)
