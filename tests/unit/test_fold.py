@@ -2,7 +2,6 @@
 
 import itertools
 import random
-from dataclasses import replace
 
 import orjson
 
@@ -101,7 +100,7 @@ def test_entry_state_encoding_round_trips() -> None:
     state = fold(None, ev()).state
     assert state is not None
     assert EntryState.decode(state.encode()) == state
-    tomb = replace(state, cid=None, request_id=None, version=None)
+    tomb = state._replace(cid=None, request_id=None, version=None)
     assert EntryState.decode(tomb.encode()) == tomb
     assert isinstance(orjson.loads(state.encode()), list)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastjsonschema
 import jsonschema
@@ -223,8 +223,7 @@ def encode_event(event: KeyEvent) -> bytes:
     return orjson.dumps(event_to_json(event))
 
 
-@dataclass(frozen=True, slots=True)
-class KeyChange:
+class KeyChange(NamedTuple):
     """What the fold needs of a key event: its ordering token and the CID it brings.
 
     This is the record of the Kafka key-events topic: the adapter validates the contract event and
@@ -260,7 +259,7 @@ def change_of(event: KeyEvent) -> KeyChange:
 RECORD_FORMAT = 1
 _RECORD_FIELDS = 11
 _KEY_TYPE_NAMES = frozenset(kt.value for kt in KeyType)
-_HEX = frozenset("0123456789abcdef")
+_CID_HEX = re.compile(r"[0-9a-f]{64}").fullmatch  # the stored form of a CID: 64 lower-case hex
 
 
 def encode_change(change: KeyChange) -> bytes:
@@ -297,7 +296,7 @@ def decode_change(payload: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> K
     if ok and action == "key.deleted":
         ok = cid is None and request_id is None
     elif ok:
-        ok = (isinstance(cid, str) and len(cid) == 64 and _HEX.issuperset(cid) and isinstance(request_id, str))
+        ok = isinstance(cid, str) and _CID_HEX(cid) is not None and isinstance(request_id, str)
     if not ok:
         raise InvalidEvent("malformed_record", "key-events record has a field of the wrong type or value")
     return KeyChange(event_id, action, occurred, version, key, key_type, participant, cid, request_id, reason)

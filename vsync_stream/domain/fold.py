@@ -14,8 +14,8 @@ with ``old`` read from the table, never from the event), so:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 import orjson
 
@@ -30,12 +30,13 @@ class FoldStatus(StrEnum):
     STALE = "stale"
 
 
-@dataclass(frozen=True, slots=True)
-class EntryState:
+class EntryState(NamedTuple):
     """The entries-table value of one Pix key.
 
     ``cid`` is None for a tombstone (the key was deleted). ``version`` and ``occurred_at_ms``
-    (epoch ms) with ``event_id`` form the ordering token of the last event applied.
+    (epoch ms) with ``event_id`` form the ordering token of the last event applied. A named tuple,
+    not a frozen dataclass: the fold builds one per event, and a frozen dataclass costs three
+    times as much to build (BENCHMARKS.md).
     """
 
     participant: str
@@ -73,8 +74,7 @@ class EntryState:
 Contribution = tuple[str, str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class FoldOutcome:
+class FoldOutcome(NamedTuple):
     """The result of folding one event: the new state and the VSync contributions it moves."""
 
     status: FoldStatus
