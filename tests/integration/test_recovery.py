@@ -1,4 +1,5 @@
-"""Recovery edge cases on real Kafka: a compacted changelog, empty changelog partitions, stale RocksDB locks.
+"""Recovery edge cases on real Kafka: a compacted changelog, empty changelog partitions, stale RocksDB locks,
+key events deleted by retention before they were folded.
 
 Each test ends with the served VSync of every (participant, key type) equal to the simulator's and
 the simulator answering OK.
@@ -12,14 +13,25 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
 from tests.integration.conftest import Pipeline, PipelineFactory
-from tests.integration.helpers import end_offsets, read_topic, wait_answering, wait_converged
+from tests.integration.helpers import (
+    check_worker_alive,
+    end_offsets,
+    group_lag,
+    read_topic,
+    wait_answering,
+    wait_converged,
+)
 from vsync_stream.cli import request_verification
+from vsync_stream.domain.events import KeyEvent, change_of, encode_change
+from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import generate_entries, random_update_changes
 
 pytestmark = pytest.mark.integration
@@ -202,3 +214,91 @@ async def test_rocksdb_left_by_a_sigkilled_worker_is_reused(pipeline_factory: Pi
     check = await ledger_check(pipeline)
     assert check["drifted"] == []
     await verify_all_ok(pipeline)
+
+
+async def produce_key_events(bootstrap: str, topic: str, events: list[KeyEvent]) -> list[int]:
+    """Write events to partition 0 of the key-events topic as the adapter would; their offsets, in order."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, value=encode_change(change_of(e)), key=e.key.encode("utf-8"), partition=0)
+                for e in events]
+        return [(await fut).offset for fut in sent]
+    finally:
+        await producer.stop()
+
+
+async def delete_records_before(bootstrap: str, topic: str, partition: int, offset: int) -> int:
+    """Delete a partition's records before ``offset`` (what retention does); its new log start offset."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        low = await admin.delete_records({tp: RecordsToDelete(before_offset=offset)})
+    finally:
+        await admin.close()
+    return low[tp]
+
+
+async def test_events_deleted_by_retention_before_the_fold_are_skipped_once(pipeline_factory: PipelineFactory,
+                                                                           kafka_bootstrap: str) -> None:
+    # One partition, events written straight to Kafka (no Pulsar adapter): every offset is known.
+    pipeline = await pipeline_factory(partitions=1, env_extra={"VSYNC_ADAPTER_ENABLED": "false"})
+    topic = pipeline.env["VSYNC_KEY_EVENTS_TOPIC"]
+    worker = pipeline.worker
+    await worker.wait_ready(timeout_s=180)
+    entries = list(generate_entries(300, ["12345678", "00000208"], seed=35))
+    folded_before, lost, after = entries[:100], entries[100:200], entries[200:]
+
+    first = await produce_key_events(kafka_bootstrap, topic, [pipeline.model.create(e) for e in folded_before])
+    assert first == list(range(100))
+    await worker.wait_handled(100, timeout_s=120)
+    await wait_converged(pipeline, timeout_s=60)
+    worker.stop()
+
+    # While the worker is down: 100 events that retention deletes before they are folded (the DICT
+    # of this test never had them, so the served VSync must match it without them), then 100 more.
+    gone = await produce_key_events(kafka_bootstrap, topic, [DictModel().create(e) for e in lost])
+    kept = await produce_key_events(kafka_bootstrap, topic, [pipeline.model.create(e) for e in after])
+    assert gone == list(range(100, 200)) and kept == list(range(200, 300))
+    assert await delete_records_before(kafka_bootstrap, topic, 0, 200) == 200
+
+    # The table folded up to offset 99; the topic now starts at 200. The worker goes back to 100
+    # once, finds the topic still starts at 200, says so, and folds on from there — a fold that
+    # kept seeking back would never fold anything (wait_handled times out).
+    worker.start()
+    await worker.wait_ready(timeout_s=180)
+    await worker.wait_handled(100, timeout_s=90)
+    await wait_converged(pipeline, timeout_s=60)
+    await asyncio.sleep(3)  # room for a seek-back loop to show in the log
+    check_worker_alive(worker)
+    log_text = worker.log_path.read_text(errors="replace")
+    seek_backs = [line for line in log_text.splitlines() if "were not folded; consuming again" in line]
+    not_in_topic = [line for line in log_text.splitlines() if "are not in the topic" in line]
+    assert len(seek_backs) == 1 and f"partition 0 of {topic}: events from offset 100 " in seek_backs[0], (
+        f"expected one seek back to offset 100, got {len(seek_backs)}: {seek_backs[:3]}; log {worker.log_path}")
+    assert len(not_in_topic) == 1 and "ERROR" in not_in_topic[0] and (
+        f"partition 0 of {topic}: offsets 100 to 199 are not in the topic" in not_in_topic[0]
+    ) and "folding on from 200" in not_in_topic[0], f"{not_in_topic}; log {worker.log_path}"
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with session.get(f"{worker.base_url}/healthz") as resp:
+            counts = (await resp.json())["events"]
+        async with session.get(f"{worker.base_url}/vsync") as resp:
+            offsets = (await resp.json())["offsets"]
+        headers = {"Authorization": f"Bearer {pipeline.token}"}
+        found = {}
+        for entry in (lost[0], lost[-1], after[0], after[-1]):
+            async with session.get(f"{worker.base_url}/entries/{quote(entry.key, safe='')}", headers=headers) as resp:
+                found[entry.key] = resp.status
+    assert (counts["folded"], counts["duplicate"], counts["stale"], counts["deadLettered"]) == (100, 0, 0, 0), counts
+    assert offsets == {"0": 299}
+    assert found == {lost[0].key: 404, lost[-1].key: 404, after[0].key: 200, after[-1].key: 200}
+    check = await ledger_check(pipeline)
+    assert check["partitions"] == [0] and check["drifted"] == []
+    await verify_all_ok(pipeline)
+    # The offsets past the gap are committed too: a restart does not go through the gap again.
+    deadline = time.monotonic() + 30
+    while (lag := await group_lag(kafka_bootstrap, pipeline.env["VSYNC_APP_ID"], topic)) != {0: 0}:
+        assert time.monotonic() < deadline, f"uncommitted records {lag}; log {worker.log_path}"
+        await asyncio.sleep(1)
