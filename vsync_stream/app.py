@@ -7,6 +7,8 @@ objects; the CLI (``vsync_stream.cli``) calls it and hands the Faust app to the 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 from datetime import timedelta
 from typing import Any
@@ -44,29 +46,34 @@ log = logging.getLogger(__name__)
 ADAPTER_RESTART_DELAY_S = 2.0
 
 # Kafka client settings of the worker's Faust app (also used by the benchmark's baseline, so that
-# only the agent differs). The fold takes events in batches (agents/fold.py), so the consumer
-# fetches and buffers whole batches, and the producer waits for every replica and sends large ones.
+# only the fold differs). The fold takes each partition's fetched records at once (agents/fold.py):
+# up to 5,000 records per fetch, at most 1 MB per partition (fetched bytes wait in memory until
+# handed over: 8 MB per partition held ~60 MB more at 1 M entries, BENCHMARKS.md); the producer
+# waits for every replica and sends large batches.
 CLIENT_TUNING: dict[str, Any] = {
     "consumer_auto_offset_reset": "earliest",
     "producer_acks": -1,
     "producer_linger": 0.005,
     "broker_max_poll_records": 5000,
     "stream_buffer_maxsize": 20000,
-    "consumer_max_fetch_size": 8 * 1024 * 1024,
+    "consumer_max_fetch_size": 1024 * 1024,
     "producer_max_batch_size": 1024 * 1024,
 }
 
 
-# RocksDB of the entries table, one database per partition. Faust's defaults (3 write buffers of
-# 64 MB and a 2 GB block cache per database) let every row of 1 M entries stay in memory buffers;
-# with these, rows are flushed to disk during the fold. Measured at 1 M entries: 420 -> 408 MB per
-# million (BENCHMARKS.md): the buffers were not what holds most of the worker's memory.
-ROCKSDB_OPTIONS: dict[str, Any] = {
-    "driver": "rocksdict",
-    "write_buffer_size": 8 * 1024 * 1024,
-    "max_write_buffer_number": 2,
-    "block_cache_size": 32 * 1024 * 1024,
-}
+def rocksdb_options(settings: Settings) -> dict[str, Any]:
+    """RocksDB options of the entries table, one database per partition (active or standby).
+
+    Faust's defaults (3 write buffers of 64 MB and a 2 GB block cache per database) let every row
+    of a large table stay in memory; here the buffers and the cache are sized by the settings, so a
+    worker's memory is bounded by partitions x (2 write buffers + block cache) plus the process.
+    """
+    return {
+        "driver": "rocksdict",
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * 1024 * 1024,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024,
+    }
 
 
 class _FaustApp(faust.App):  # type: ignore[misc]
@@ -133,7 +140,7 @@ class VsyncApp:
             value_serializer="raw", partitions=1, internal=True, retention=timedelta(days=3650))
         self.entries = EntriesTable(
             self.faust, name=ENTRIES_TABLE, default=None, partitions=settings.partitions, key_type=bytes,
-            value_type=bytes, options=dict(ROCKSDB_OPTIONS), beacon=self.faust.tables.beacon)
+            value_type=bytes, options=rocksdb_options(settings), beacon=self.faust.tables.beacon)
         self.faust.tables.add(self.entries)
         token = settings.cluster_token.get_secret_value() if settings.cluster_token is not None else None
         self.cluster = Cluster(self.faust, self.entries, settings.partitions, token, settings.cluster_timeout_s)
@@ -237,8 +244,32 @@ class VsyncApp:
                 await source.stop()
 
 
+M_ARENA_MAX = -8  # glibc <malloc.h>
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas of this process (``mallopt(M_ARENA_MAX, arenas)``).
+
+    Each thread that allocates may otherwise get an arena of its own (up to 8 per core), whose
+    freed memory is not returned to the others: with the consumer thread and RocksDB's threads this
+    held about 35 MB of a worker's RSS at 1 M entries (BENCHMARKS.md, memory). Applies to arenas
+    created afterwards, so it is called before the worker starts any thread.
+
+    Returns:
+        True when the limit was set; False when ``arenas`` is 0 or the C library is not glibc.
+    """
+    if arenas <= 0:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to cap
+        return False
+
+
 def create_app(settings: Settings | None = None) -> VsyncApp:
     """Build the worker from ``settings`` (read from the environment when None)."""
     settings = settings or Settings()
+    limit_malloc_arenas(settings.malloc_arena_max)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     return VsyncApp(settings)

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
 
     # --- worker and web view ---
     data_dir: Path = Field(Path(".local/worker"), description="Directory of the RocksDB table state [env: VSYNC_DATA_DIR]")
+    rocksdb_write_buffer_mb: int = Field(2, ge=1, le=1024, description="Size of one RocksDB write buffer (memtable) of a table partition, MB; two per partition, active and standby (BENCHMARKS.md: memory) [env: VSYNC_ROCKSDB_WRITE_BUFFER_MB]")
+    rocksdb_block_cache_mb: int = Field(4, ge=1, le=65536, description="RocksDB block cache of a table partition, MB: rows already on disk are read through it (and the OS page cache) [env: VSYNC_ROCKSDB_BLOCK_CACHE_MB]")
+    malloc_arena_max: int = Field(2, ge=0, le=64, description="glibc malloc arenas of the worker process (mallopt M_ARENA_MAX); 0 = glibc's default of 8 per core, which lets the consumer and RocksDB threads hold memory apart [env: VSYNC_MALLOC_ARENA_MAX]")
     web_host: str = Field("127.0.0.1", description="Address the web view binds [env: VSYNC_WEB_HOST]")
     web_port: int = Field(16066, ge=1, le=65535, description="Port of the web view [env: VSYNC_WEB_PORT]")
     web_advertised_url: str | None = Field(None, description="URL the other workers of the app id use to reach this worker's web view (routed queries); default http://<web_host>:<web_port> [env: VSYNC_WEB_ADVERTISED_URL]")
