@@ -1,12 +1,13 @@
-"""Bulk changelog restore for RocksDB tables: one aiokafka consumer, one RocksDB write batch per fetch.
+"""Bulk changelog restore for RocksDB tables: raw Fetch requests, one RocksDB write batch per fetch.
 
 Faust's recovery hands every changelog record, one at a time, through its consumer thread, the
 conductor, a queue and the recovery loop (``asyncio.wait_for`` per record, the remaining-offset
 counters rebuilt per record): about 6,000 records/s on 2 cores, and the store's own
 ``apply_changelog_batch`` (already one write batch per partition) is ~3 % of that profile
 (BENCHMARKS.md). :class:`BulkRecovery` catches every active changelog partition up to its highwater
-*before* Faust's loop starts: it reads with its own consumer (``getmany``, large fetches) and writes
-each fetch as one RocksDB write batch that carries the rows and the store's persisted offset
+*before* Faust's loop starts: it reads with its own Kafka client (Fetch requests of up to 64 MB,
+whose record batches are iterated as they are, without building a ``ConsumerRecord`` per record)
+and writes each partition's part of a fetch as one RocksDB write batch that carries the rows and the store's persisted offset
 together, so a crash in the middle leaves a partition whose offset matches its rows and the next
 start goes on from there. Faust then finds nothing left to read for those partitions and goes on as
 usual: standby partitions and tables this does not apply to take Faust's own path.
@@ -17,13 +18,18 @@ value deletes the key). Installed with ``faust.App(..., TableManager=BulkTableMa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from time import monotonic
 from typing import Any
 
 import rocksdict
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+from aiokafka import errors as Errors
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 from faust.stores.rocksdb import Store as RocksStore
 from faust.tables.base import Collection
 from faust.tables.manager import TableManager
@@ -35,6 +41,9 @@ log = logging.getLogger(__name__)
 
 FETCH_PARTITION_BYTES = 16 * 1024 * 1024
 FETCH_TOTAL_BYTES = 64 * 1024 * 1024
+FETCH_WAIT_MS = 100
+RETRY_BACKOFF_S = 0.5
+READ_UNCOMMITTED = 0  # isolation level of the Fetch request (bulk_restorable excludes transactions)
 # Faust wraps ``_build_offsets`` in ``broker_request_timeout``, and a timeout there stops its
 # recovery service for good; a round of catch-up ends this long before it, and the next round goes on.
 ROUND_MARGIN_S = 20.0
@@ -62,6 +71,8 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
             return
         tables: dict[TP, Any] = {tp: self.tp_to_table[tp] for tp in tps if tp in self.tp_to_table}
         work = {tp: table.data for tp, table in tables.items() if bulk_restorable(table)}
+        if self.app.in_transaction:
+            work = {}  # exactly-once: records of aborted transactions must be skipped, as Faust's path does
         budget = max(1.0, float(self.app.conf.broker_request_timeout) - ROUND_MARGIN_S)
         finished = await catch_up(self.app, work, destination, self.active_highwaters, budget)
         if not finished:
@@ -85,22 +96,67 @@ def _last(offsets: Counter[TP], tp: TP) -> int:
     return -1 if offset is None or offset < 0 else int(offset)
 
 
-def _consumer(app: Any) -> AIOKafkaConsumer:
+def _client(app: Any) -> AIOKafkaClient:
     conf = app.conf
-    return AIOKafkaConsumer(
+    return AIOKafkaClient(
         bootstrap_servers=server_list(conf.broker, 9092),
         client_id=f"{conf.broker_client_id}-restore",
-        group_id=None,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=max(FETCH_PARTITION_BYTES, conf.consumer_max_fetch_size),
-        fetch_max_bytes=FETCH_TOTAL_BYTES,
-        fetch_max_wait_ms=100,
         request_timeout_ms=int(conf.broker_request_timeout * 1000.0),
-        check_crcs=conf.broker_check_crcs,
-        # as Faust's own consumer reads (read_committed only under exactly-once)
-        isolation_level="read_committed" if app.in_transaction else "read_uncommitted",
         **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
     )
+
+
+class _Unfetchable(Exception):
+    """A partition this restore leaves to Faust's own path (e.g. its offset is out of the log's range)."""
+
+
+async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, list[Any]]:
+    """One Fetch request per leader for ``positions``; each partition's record batches (data, not control).
+
+    The raw batches of the response are handed back as they are (``DefaultRecordBatch``: records
+    with ``offset``, ``key``, ``value``), without the per-record ``ConsumerRecord`` objects an
+    ``AIOKafkaConsumer`` builds: those were about half of the restore's profile (BENCHMARKS.md).
+
+    Raises:
+        _Unfetchable: (carrying the partition) Kafka refused a partition for a reason a retry does
+            not cure, e.g. OFFSET_OUT_OF_RANGE.
+    """
+    by_leader: dict[int, list[TP]] = {}
+    for tp in positions:
+        leader = client.cluster.leader_for_partition(TopicPartition(tp.topic, tp.partition))
+        if leader is None or leader < 0:
+            await client.force_metadata_update()
+            return {}
+        by_leader.setdefault(leader, []).append(tp)
+    requests = []
+    for leader, tps in by_leader.items():
+        topics: dict[str, list[tuple[int, int, int]]] = {}
+        for tp in tps:
+            topics.setdefault(tp.topic, []).append((tp.partition, positions[tp], FETCH_PARTITION_BYTES))
+        request = FetchRequest(FETCH_WAIT_MS, 1, FETCH_TOTAL_BYTES, READ_UNCOMMITTED, list(topics.items()))
+        requests.append(client.send(leader, request))
+    fetched: dict[TP, list[Any]] = {}
+    stale_metadata = False
+    for response in await asyncio.gather(*requests):
+        for topic, partitions in response.topics:
+            for partition, error_code, _highwater, *data in partitions:
+                tp = TP(topic, partition)
+                error = Errors.for_code(error_code)
+                if error is Errors.NoError:
+                    records = MemoryRecords(data[-1])
+                    batches = []
+                    while records.has_next():
+                        batch = records.next_batch()
+                        if not batch.is_control_batch:
+                            batches.append(batch)
+                    fetched[tp] = batches
+                elif getattr(error, "invalid_metadata", False) or error.retriable:
+                    stale_metadata = True  # leader moved, broker restarting: ask again after a refresh
+                else:
+                    raise _Unfetchable(tp, error.__name__)
+    if stale_metadata:
+        await client.force_metadata_update()
+    return fetched
 
 
 async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP], highwaters: Counter[TP],
@@ -125,37 +181,56 @@ async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP],
     applied = 0
     total = sum(highwaters[tp] - _last(offsets, tp) for tp in pending)
     log.info("bulk restore of %d changelog partitions: up to %d records", len(pending), total)
-    consumer = _consumer(app)
-    await consumer.start()
+    client = _client(app)
+    await client.bootstrap()
     try:
-        consumer.assign([TopicPartition(tp.topic, tp.partition) for tp in pending])
-        for tp in pending:
-            consumer.seek(TopicPartition(tp.topic, tp.partition), _last(offsets, tp) + 1)
+        await client.set_topics(sorted({tp.topic for tp in pending}))
+        positions = {tp: _last(offsets, tp) + 1 for tp in pending}
         while pending:
-            fetched = await consumer.getmany(timeout_ms=500)
-            for ktp, records in fetched.items():
-                tp = TP(ktp.topic, ktp.partition)
+            try:
+                fetched = await _fetch(client, {tp: positions[tp] for tp in pending})
+            except _Unfetchable as exc:
+                tp, reason = exc.args
+                log.warning("bulk restore: changelog partition %s[%d] refused (%s); Faust's recovery restores it",
+                            tp.topic, tp.partition, reason)
+                del pending[tp]
+                continue
+            except Errors.KafkaError as exc:  # connection lost, broker restarting: retried within the budget
+                log.warning("bulk restore: fetch failed (%s: %s); retrying", type(exc).__name__, exc)
+                fetched = {}
+                await asyncio.sleep(RETRY_BACKOFF_S)
+                client.force_metadata_update()
+            for tp, batches in fetched.items():
                 store = pending.get(tp)
-                if store is None or not records:
+                if store is None:
                     continue
+                position = positions[tp]
                 batch = rocksdict.WriteBatch(raw_mode=True)
-                for record in records:
-                    if record.value is None:
-                        batch.delete(record.key)
-                    else:
-                        batch.put(record.key, record.value)
-                last = records[-1].offset
-                batch.put(store.offset_key, str(last).encode())  # rows and offset in one atomic write
-                store._db_for_partition(tp.partition).write(batch)
-                offsets[tp] = last
-                applied += len(records)
+                last = -1
+                for record_batch in batches:
+                    for record in record_batch:
+                        offset = record.offset
+                        if offset < position:
+                            continue  # the start of the first batch, before the position asked for
+                        value = record.value
+                        if value is None:
+                            batch.delete(record.key)
+                        else:
+                            batch.put(record.key, value)
+                        last = offset
+                        applied += 1
+                    positions[tp] = max(positions[tp], record_batch.next_offset)
+                if last >= 0:
+                    batch.put(store.offset_key, str(last).encode())  # rows and offset in one atomic write
+                    store._db_for_partition(tp.partition).write(batch)
+                    offsets[tp] = last
             for tp in list(pending):
                 if offsets[tp] >= highwaters[tp]:
                     del pending[tp]
-                elif not fetched.get(TopicPartition(tp.topic, tp.partition)) and \
-                        await consumer.position(TopicPartition(tp.topic, tp.partition)) > highwaters[tp]:
-                    # Read to the end, but the highwater is no record (a transaction marker): mark
-                    # the partition read up to it, as Faust's recovery does for aborted transactions.
+                elif positions[tp] > highwaters[tp]:
+                    # Read to the end, but the highwater is no record (a transaction marker, or
+                    # removed by compaction): mark the partition read up to it, as Faust's recovery
+                    # does for aborted transactions.
                     store = pending.pop(tp)
                     store._db_for_partition(tp.partition).put(store.offset_key, str(highwaters[tp]).encode())
                     offsets[tp] = highwaters[tp]
@@ -164,7 +239,7 @@ async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP],
                             "next round", applied, monotonic() - t0, len(pending))
                 return False
     finally:
-        await consumer.stop()
+        await client.close()
     elapsed = monotonic() - t0
     log.info("bulk restore: %d records in %.2f s (%.0f records/s)", applied, elapsed,
              applied / elapsed if elapsed > 0 else 0.0)
