@@ -23,6 +23,11 @@ from vsync_stream.metrics import EVENTS_FORWARDED, EVENTS_RECEIVED
 
 log = logging.getLogger(__name__)
 
+# A batch is taken when ``batch_size`` messages are there or after this wait: the wait bounds the
+# latency a quiet stream adds (it was 100 ms; BENCHMARKS.md, latency).
+RECEIVE_WAIT_MS = 10
+MAX_IN_FLIGHT = 4  # batches handed to Kafka and not yet acknowledged by it
+
 # forward(change) / dead_letter(payload, error, source) queue a Kafka record and return an
 # awaitable that resolves once Kafka acknowledged it.
 Forward = Callable[[KeyChange], Awaitable[Awaitable[Any]]]
@@ -72,7 +77,7 @@ class PulsarSource:
             initial_position=pulsar.InitialPosition.Earliest,
             receiver_queue_size=max(self.batch_size * 2, 1000),
             negative_ack_redelivery_delay_ms=1000,
-            batch_receive_policy=pulsar.ConsumerBatchReceivePolicy(self.batch_size, 8 * 1024 * 1024, 100),
+            batch_receive_policy=pulsar.ConsumerBatchReceivePolicy(self.batch_size, 8 * 1024 * 1024, RECEIVE_WAIT_MS),
         )
 
     async def start(self) -> None:
@@ -88,31 +93,57 @@ class PulsarSource:
             await asyncio.to_thread(client.close)
 
     async def run(self, forward: Forward, dead_letter: DeadLetter) -> None:
-        """Move messages until :meth:`stop`; each batch is acknowledged once Kafka holds it all."""
+        """Move messages until :meth:`stop`; each batch is acknowledged once Kafka holds it all.
+
+        Batches are pipelined: the next one is received and handed to the producer while up to
+        ``MAX_IN_FLIGHT`` earlier ones wait for Kafka's acknowledgement (records go to the producer
+        in receive order, so Kafka keeps the order of each key). A batch Kafka did not accept is
+        negatively acknowledged (Pulsar redelivers it) and the run ends with the error.
+        """
         consumer = self._consumer
-        while not self._stopping and consumer is not None:
-            messages = await asyncio.to_thread(consumer.batch_receive)
-            if not messages:
-                continue
-            EVENTS_RECEIVED.inc(len(messages))
-            pending = []
-            for message in messages:
-                payload = message.data()
-                try:
-                    change = change_of(decode_event(payload, self.max_event_bytes))
-                except InvalidEvent as exc:
-                    source = {"topic": self.topic, "messageId": str(message.message_id())}
-                    pending.append(await dead_letter(payload, exc, source))
-                else:
-                    pending.append(await forward(change))
-            try:
-                await asyncio.gather(*pending)
-            except Exception:
-                log.exception("Kafka did not accept a batch of %d events; Pulsar will redeliver it", len(messages))
-                await asyncio.to_thread(_negative_ack, consumer, messages)
-                raise
-            await asyncio.to_thread(_ack, consumer, messages)
-            EVENTS_FORWARDED.inc(len(messages))
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping and consumer is not None:
+                messages = await asyncio.to_thread(consumer.batch_receive)
+                for task in [t for t in in_flight if t.done()]:
+                    in_flight.discard(task)
+                    task.result()  # raises a batch's Kafka error
+                if not messages:
+                    continue
+                EVENTS_RECEIVED.inc(len(messages))
+                pending = []
+                for message in messages:
+                    payload = message.data()
+                    try:
+                        change = change_of(decode_event(payload, self.max_event_bytes))
+                    except InvalidEvent as exc:
+                        source = {"topic": self.topic, "messageId": str(message.message_id())}
+                        pending.append(await dead_letter(payload, exc, source))
+                    else:
+                        pending.append(await forward(change))
+                in_flight.add(asyncio.create_task(self._settle(consumer, messages, pending)))
+                if len(in_flight) >= MAX_IN_FLIGHT:
+                    done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        in_flight.discard(task)
+                        task.result()
+            if in_flight:  # stopping: what was sent is still acknowledged once Kafka holds it
+                for result in await asyncio.gather(*in_flight, return_exceptions=True):
+                    if isinstance(result, BaseException):
+                        raise result
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    async def _settle(self, consumer: Any, messages: list[Any], pending: list[Any]) -> None:
+        try:
+            await asyncio.gather(*pending)
+        except Exception:
+            log.exception("Kafka did not accept a batch of %d events; Pulsar will redeliver it", len(messages))
+            await asyncio.to_thread(_negative_ack, consumer, messages)
+            raise
+        await asyncio.to_thread(_ack, consumer, messages)
+        EVENTS_FORWARDED.inc(len(messages))
 
 
 def _ack(consumer: Any, messages: list[Any]) -> None:
