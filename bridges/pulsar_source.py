@@ -166,8 +166,14 @@ def _quiet_logger() -> logging.Logger:
 def ensure_subscription(url: str, topic: str, subscription: str, subscription_type: str = "KeyShared",
                         client_options: Mapping[str, Any] | None = None) -> None:
     """Create a durable subscription at the earliest message, so events published before the
-    first worker starts are kept for it (Pulsar drops messages no subscription holds)."""
-    client = pulsar.Client(url, operation_timeout_seconds=30, logger=_quiet_logger(), **(client_options or {}))
+    first worker starts are kept for it (Pulsar drops messages no subscription holds).
+
+    The short-lived client logs through Pulsar's own console logger (errors only): with a Python
+    logger, a process that used it may abort at exit ("terminate called without an active
+    exception", apache/pulsar-client-python#256), seen at the end of a benchmark run.
+    """
+    client = pulsar.Client(url, operation_timeout_seconds=30, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error),
+                           **(client_options or {}))
     try:
         consumer = client.subscribe(topic, subscription, consumer_type=_CONSUMER_TYPES[subscription_type],
                                     initial_position=pulsar.InitialPosition.Earliest)
