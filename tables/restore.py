@@ -6,8 +6,8 @@ counters rebuilt per record): about 6,000 records/s on 2 cores, and the store's 
 ``apply_changelog_batch`` (already one write batch per partition) is ~3 % of that profile
 (BENCHMARKS.md). :class:`BulkRecovery` catches every active changelog partition up to its highwater
 *before* Faust's loop starts: it reads with its own Kafka client (Fetch requests of up to 64 MB,
-whose record batches are iterated as they are, without building a ``ConsumerRecord`` per record)
-and writes each partition's part of a fetch as one RocksDB write batch that carries the rows and the store's persisted offset
+whose record batches are iterated as they are, without a ``ConsumerRecord`` per record) and writes
+each partition's part of a fetch as one RocksDB write batch carrying the rows and the persisted offset
 together, so a crash in the middle leaves a partition whose offset matches its rows and the next
 start goes on from there. Faust then finds nothing left to read for those partitions and goes on as
 usual: standby partitions and tables this does not apply to take Faust's own path.
