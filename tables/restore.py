@@ -36,6 +36,7 @@ from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
+from mode.utils.queues import ThrowableQueue
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,42 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
             self.signal_recovery_start.set()
 
 
+class ChangelogQueue(ThrowableQueue):  # type: ignore[misc]
+    """Faust's changelog queue, not emptied when the flow resumes — only when a rebalance starts.
+
+    Faust creates the queue of changelog events with ``clear_on_resume``, and its recovery resumes
+    the flow several times within one group generation (before reading the active changelogs and
+    when it is done). Each resume dropped the standby changelog records already fetched but not yet
+    applied, while the consumer's position stayed past them, so a standby partition could lose
+    records for good — and so could the active partition it later became, restored from that
+    standby's persisted offset (a break-it run: one entry missing from one worker's partition, the
+    changelog right). Events queued within a generation are for its own assignment and are applied
+    in order by Faust's recovery loop, which skips what it already saw; at the start of a rebalance
+    the flow is suspended first, and that clear still empties the queue as before.
+    """
+
+    def clear(self) -> None:
+        if self._flow_control.is_active():  # called by FlowControlEvent.resume()
+            return
+        super().clear()
+
+
 class BulkTableManager(TableManager):  # type: ignore[misc]
-    """Faust's table manager with :class:`BulkRecovery` as its recovery service."""
+    """Faust's table manager with :class:`BulkRecovery` as its recovery service and a
+    :class:`ChangelogQueue` that keeps standby records across flow resumes."""
 
     @property
     def recovery(self) -> Recovery:
         if self._recovery is None:
             self._recovery = BulkRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
+
+    @property
+    def changelog_queue(self) -> ThrowableQueue:
+        if self._changelog_queue is None:
+            self._changelog_queue = ChangelogQueue(maxsize=self.app.conf.stream_buffer_maxsize,
+                                                   flow_control=self.app.flow_control, clear_on_resume=True)
+        return self._changelog_queue
 
 
 def _last(offsets: Counter[TP], tp: TP) -> int:
@@ -182,9 +211,15 @@ async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP],
     total = sum(highwaters[tp] - _last(offsets, tp) for tp in pending)
     log.info("bulk restore of %d changelog partitions: up to %d records", len(pending), total)
     client = _client(app)
-    await client.bootstrap()
     try:
+        await client.bootstrap()
         await client.set_topics(sorted({tp.topic for tp in pending}))
+    except Errors.KafkaError as exc:  # Kafka unreachable: this round gives up, Faust's next one retries
+        log.warning("bulk restore: cannot reach Kafka (%s: %s); retrying in the next round", type(exc).__name__, exc)
+        await client.close()
+        await asyncio.sleep(RETRY_BACKOFF_S)
+        return False
+    try:
         positions = {tp: _last(offsets, tp) + 1 for tp in pending}
         while pending:
             try:
