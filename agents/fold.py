@@ -109,7 +109,10 @@ class Fold:
             try:
                 change = decode_change(value, max_bytes)
                 pix_key = change.key.encode("utf-8")
-                if record.key is not None and record.key != pix_key:
+                if record.key != pix_key:  # the key decides the partition, so the partition owns the key
+                    if record.key is None:
+                        raise InvalidEvent("key_missing", "Kafka record has no key (the Pix key, which decides "
+                                                          "its partition)")
                     raise InvalidEvent("key_mismatch", "Kafka record key differs from the event's Pix key")
             except InvalidEvent as exc:
                 rejected.append((record.key, dead_letter_record(value or b"", exc, stage="fold", source={

@@ -155,7 +155,7 @@ class ChaosPublisher:
             raise AssertionError(f"{len(self._failed)} publications still failing after retries")
 
 
-async def inject_kafka_garbage(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]],
+async def inject_kafka_garbage(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]],
                                publisher: ChaosPublisher, seed: int) -> int:
     """Write ``records`` to the key-events topic one by one, at seeded places of the publication.
 

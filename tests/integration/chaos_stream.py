@@ -245,21 +245,29 @@ def malformed_payloads(count: int, seed: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def kafka_garbage(count: int, seed: int) -> list[tuple[bytes, bytes]]:
+def kafka_garbage(count: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
     """``count`` distinct bad key-events records as ``(Kafka key, value)``: a compact record whose
-    Kafka key is not its Pix key, a compact record of the wrong shape, a payload that is not JSON."""
+    Kafka key is not its Pix key, a compact record of the wrong shape, a payload that is not JSON,
+    a valid compact record without a Kafka key, a tombstone (null value), and a compact record whose
+    key type is a JSON array (not hashable: it once crashed the fold instead of being dead-lettered)."""
     rng = random.Random(seed)
-    out: list[tuple[bytes, bytes]] = []
+    out: list[tuple[bytes | None, bytes | None]] = []
     for i in range(count):
-        kind = i % 3
-        if kind == 0:
+        kind = i % 6
+        if kind in (0, 3):
             change = KeyChange(make_uuid4(rng), "key.created", START_MS, 1, f"garbage{i}@example.com", "EMAIL",
                                "12345678", f"{rng.getrandbits(256):064x}", make_uuid4(rng), "USER_REQUESTED")
-            out.append((f"not-the-key-{i}".encode(), encode_change(change)))
+            out.append((f"not-the-key-{i}".encode() if kind == 0 else None, encode_change(change)))
         elif kind == 1:
             out.append((f"garbage-{i}".encode(), b'[1,"short-record-%d"]' % i))
-        else:
+        elif kind == 2:
             out.append((f"garbage-{i}".encode(), b'{"eventId": %d' % i))
+        elif kind == 4:
+            out.append((f"garbage-{i}".encode(), None))
+        else:
+            out.append((f"garbage-{i}".encode(), b'[1,"%s","key.created",1795000000000,1,"g%d@b.c",["EMAIL"],'
+                        b'"12345678","%s","%s",null]' % (make_uuid4(rng).encode(), i, b"ab" * 32,
+                                                          make_uuid4(rng).encode())))
     return out
 
 

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.factories import event_doc
-from vsync_stream.domain.events import KeyEvent, decode_event, validate_event_doc
+from vsync_stream.domain.events import KeyChange, KeyEvent, decode_change, decode_event, validate_event_doc
 from vsync_stream.errors import InvalidEvent
 
 json_values = st.recursive(
@@ -53,3 +53,32 @@ def test_mutating_one_field_of_a_valid_event_never_raises_anything_else(field: s
     assert isinstance(result, KeyEvent | InvalidEvent)
     if isinstance(result, KeyEvent) and result.entry is not None:
         assert len(result.entry.cid) == 64
+
+
+compact_fields = st.lists(json_values, min_size=10, max_size=10).map(lambda rest: [1, *rest])
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(compact_fields | st.lists(json_values, max_size=12).map(lambda rest: [1, *rest]))
+def test_any_compact_record_is_a_change_or_a_dead_letter(fields: list[object]) -> None:
+    # Key-events records are written by anyone who can write to Kafka: a list or an object where
+    # the key type belongs once crashed the fold (unhashable) instead of being dead-lettered.
+    try:
+        change = decode_change(json.dumps(fields).encode())
+    except InvalidEvent as exc:
+        assert exc.code and exc.reason
+    else:
+        assert isinstance(change, KeyChange)
+
+
+def test_a_tombstone_and_an_unhashable_key_type_are_dead_letters() -> None:
+    unhashable = (b'[1,"0f1e2d3c-4b5a-4978-8877-665544332211","key.created",1795000000000,1,"a@b.c",["EMAIL"],'
+                  b'"12345678","' + b"ab" * 32 + b'","0f1e2d3c-4b5a-4978-8877-665544332211",null]')
+    for payload in (None, unhashable, unhashable.replace(b'["EMAIL"]', b'{"t":"EMAIL"}'),
+                    unhashable.replace(b'"key.created"', b'["key.created"]')):
+        try:
+            decode_change(payload)
+        except InvalidEvent as exc:
+            assert exc.code == "malformed_record"
+        else:
+            raise AssertionError(f"accepted {payload!r}")

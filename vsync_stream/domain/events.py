@@ -272,14 +272,20 @@ def encode_change(change: KeyChange) -> bytes:
                          change.reason])
 
 
-def decode_change(payload: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> KeyChange:
+def decode_change(payload: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> KeyChange:
     """Decode a key-events record: the compact format, or a contract event (DESIGN 4.1) as fallback.
 
-    Anything may be written to a Kafka topic, so the compact form is checked too (cheaply).
+    Anything may be written to a Kafka topic, so the compact form is checked too (cheaply); nothing
+    but :class:`InvalidEvent` escapes, whatever the record holds.
+
+    Args:
+        payload: the record's value; None for a null value (a tombstone).
 
     Raises:
         InvalidEvent: the record is neither a well-formed compact record nor a valid event.
     """
+    if payload is None:
+        raise InvalidEvent("malformed_record", "key-events record has no value (a tombstone)")
     if not payload.startswith(b"[1,"):
         return change_of(decode_event(payload, max_bytes))
     try:
@@ -289,9 +295,10 @@ def decode_change(payload: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> K
     if len(fields) != _RECORD_FIELDS:
         raise InvalidEvent("malformed_record", f"key-events record has {len(fields)} fields, not {_RECORD_FIELDS}")
     _fmt, event_id, action, occurred, version, key, key_type, participant, cid, request_id, reason = fields
-    ok = (isinstance(event_id, str) and action in ACTIONS and type(occurred) is int
+    ok = (isinstance(event_id, str) and type(action) is str and action in ACTIONS and type(occurred) is int
           and (version is None or type(version) is int) and isinstance(key, str) and key
-          and key_type in _KEY_TYPE_NAMES and isinstance(participant, str) and len(participant) == 8
+          and type(key_type) is str and key_type in _KEY_TYPE_NAMES  # a list or object is not hashable
+          and isinstance(participant, str) and len(participant) == 8
           and participant.isdigit() and (reason is None or isinstance(reason, str)))
     if ok and action == "key.deleted":
         ok = cid is None and request_id is None
