@@ -201,7 +201,7 @@ def start_profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] 
                              "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarise_profile(path: Path, top: int = 12) -> None:
+def summarise_profile(path: Path, top: int = 12, process: str = "the fold worker") -> None:
     """Top frames of a py-spy raw (collapsed) profile: by own samples and by inclusive samples."""
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
@@ -224,7 +224,7 @@ def summarise_profile(path: Path, top: int = 12) -> None:
     def short(frame: str) -> str:
         return re.sub(r"/[^ ]*/(site-packages|main)/", "", frame)
 
-    print(f"  py-spy: {total:,} samples of the fold worker's active threads (200 Hz)")
+    print(f"  py-spy: {total:,} samples of {process}'s active threads (200 Hz)")
     print("  top own time:")
     for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         print(f"    {100 * count / total:5.1f}%  {short(frame)}")
@@ -545,8 +545,7 @@ async def latency(args: argparse.Namespace, tmp: Path, tag: str, procs: list[Any
                     profiler.wait(timeout=args.profile_s + 30)
                 except subprocess.TimeoutExpired:
                     profiler.kill()
-                print("  py-spy of the adapter process during the saturation run:")
-                summarise_profile(prof_path)
+                summarise_profile(prof_path, process="the adapter process (saturation run)")
     finally:
         await publisher.stop()
         adapter.terminate()
