@@ -353,12 +353,15 @@ def register_views(vapp: VsyncApp) -> None:
             return not_ready(view, StateNotReady(f"partition {number} is not active and recovered here"))
         return number
 
+    def cluster_partition(view: View, request: Request, partition: str) -> int | Response:
+        """For the worker-to-worker endpoints: the caller holds the cluster scope and ``partition``
+        is active and recovered here; else the refusal to send back."""
+        refused = denied(view, request, Scope.CLUSTER)
+        return refused if refused is not None else local_partition(view, partition)
+
     @app.page("/internal/row/{partition}/{key_hex}")
     async def row_view(self: View, request: Request, partition: str, key_hex: str) -> Response:
-        refused = denied(self, request, Scope.CLUSTER)
-        if refused is not None:
-            return refused
-        number = local_partition(self, partition)
+        number = cluster_partition(self, request, partition)
         if not isinstance(number, int):
             return number
         try:
@@ -372,10 +375,7 @@ def register_views(vapp: VsyncApp) -> None:
 
     @app.page("/internal/pair-cids/{partition}")
     async def pair_cids_view(self: View, request: Request, partition: str) -> Response:
-        refused = denied(self, request, Scope.CLUSTER)
-        if refused is not None:
-            return refused
-        number = local_partition(self, partition)
+        number = cluster_partition(self, request, partition)
         if not isinstance(number, int):
             return number
         try:
@@ -387,10 +387,7 @@ def register_views(vapp: VsyncApp) -> None:
 
     class FindCidsView(View):
         async def post(self, request: Request, partition: str) -> Response:
-            refused = denied(self, request, Scope.CLUSTER)
-            if refused is not None:
-                return refused
-            number = local_partition(self, partition)
+            number = cluster_partition(self, request, partition)
             if not isinstance(number, int):
                 return number
             body = await read_body(request, INTERNAL_BODY_BYTES)
