@@ -18,6 +18,8 @@ What Faust's path guarantees and this keeps:
 * Offsets are acknowledged through Faust's own bookkeeping (``_acked``, gaps, ``commit_every``),
   so Faust's commits, lag and shutdown work as for any agent.
 
+Every private part of Faust's consumer used here is reached through :mod:`.faust_seam`.
+
 Installed by :func:`install`; the handler of a topic is registered with :func:`register`.
 """
 
@@ -29,10 +31,9 @@ from time import monotonic
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
-from faust.transport.consumer import CONSUMER_FETCHING
-from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
-from faust.types.tuples import ack_lock
+
+from vsync_stream.bridges import faust_seam
 
 # (partition, its records of one fetch, in offset order) -> how many of them, from the first, were
 # consumed and may be acknowledged. Fewer than all: the handler moved the partition's position
@@ -67,48 +68,47 @@ def install(app: Any) -> None:
     app.transport.Consumer = BatchConsumer
 
 
-class BatchConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
+class BatchConsumer(faust_seam.Consumer):
     """Faust's aiokafka consumer whose fetch loop hands registered topics' records over in batches."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._handling = asyncio.Lock()  # held while a batch is handled and acknowledged
+        self.handling = asyncio.Lock()  # held while a batch is handled and acknowledged
 
     async def wait_empty(self) -> None:
         """Wait for the batch being handled, then for Faust's own in-flight messages (rebalance, stop)."""
-        async with self._handling:
+        async with self.handling:
             pass
         await super().wait_empty()
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # the consumer's fetch loop (Faust's Fetcher)
+    async def drain(self, fetcher_should_stop: Callable[[], bool]) -> None:  # the consumer's fetch loop
         handlers: dict[str, BatchHandler] = getattr(self.app, _HANDLERS_ATTR, {})
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
+        fetching = self.fetching_flag
         try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                self.diag.set_flag(CONSUMER_FETCHING)
-                records, active = await self._wait_next_records(timeout=1.0)
+            while not (self.should_stop or fetcher_should_stop()):
+                self.diag.set_flag(fetching)
+                records, active = await self.wait_next_records(timeout=1.0)
                 await self.sleep(0)  # a fetch never keeps the loop from other tasks
                 if not records or self.should_stop:
                     continue
                 if not self.flow_active:  # as Faust: records fetched around a rebalance are not delivered
-                    await self._seek_after_stopped_flow()
+                    await self.seek_after_stopped_flow()
                     continue
                 generation = self.app.consumer_generation_id
                 others: dict[TP, list[Any]] = {}
                 for tp, batch in records.items():
-                    if not batch or not (active is None or tp in active or tp in self._buffered_partitions):
+                    if not batch or not (active is None or tp in active or self.buffered(tp)):
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     handler = handlers.get(tp.topic)
                     if handler is None:
                         others[tp] = batch
-                    elif not await self._handle(tp, batch, handler, generation):
+                    elif not await self.handle(tp, batch, handler, generation):
                         break
                 else:
                     if others:
-                        await self._deliver_each(others, generation)
-                self.diag.unset_flag(CONSUMER_FETCHING)
+                        await self.deliver_each(others, generation)
+                self.diag.unset_flag(fetching)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
@@ -123,72 +123,60 @@ class BatchConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
             self.log.exception("Drain messages raised: %r", exc)
             raise
         finally:
-            self.diag.unset_flag(CONSUMER_FETCHING)
+            self.diag.unset_flag(fetching)
 
-    async def _seek_after_stopped_flow(self) -> None:
+    async def seek_after_stopped_flow(self) -> None:
+        """As Faust: seek back to the committed offsets when records arrive while the flow is stopped."""
         try:
             await self.perform_seek()
         except Exception as exc:
             self.log.warning("exception performing seek when flow not active %r", exc)
 
-    def _current(self, generation: int) -> bool:
+    def current(self, generation: int) -> bool:
+        """True while the flow is active and the group generation is still ``generation``."""
         return self.flow_active and self.app.consumer_generation_id == generation
 
-    async def _handle(self, tp: TP, batch: Sequence[ConsumerRecord], handler: BatchHandler, generation: int) -> bool:
+    async def handle(self, tp: TP, batch: Sequence[ConsumerRecord], handler: BatchHandler, generation: int) -> bool:
         """Hand one partition's records to its handler and acknowledge what it consumed.
 
         Returns False when the fetch is out of date (flow stopped or a new generation): the caller
         drops the rest of it.
         """
         await self.app.flow_control.acquire()  # blocks while a rebalance has the flow suspended
-        if not self._current(generation):
+        if not self.current(generation):
             return False
-        read = self._read_offset[tp]
+        read = self.read_offset(tp)
         if read is not None:
             if batch[-1].offset < read:
                 return True  # read already (Faust drops such records too)
             if batch[0].offset < read:
                 batch = [record for record in batch if record.offset >= read]
             elif batch[0].offset - read > 1:  # offsets missing between fetches (compaction, markers)
-                await self._add_gap(tp, read + 1, batch[0].offset)
-        async with self._handling:
-            if not self._current(generation):
+                await self.add_gap(tp, read + 1, batch[0].offset)
+        async with self.handling:
+            if not self.current(generation):
                 return False
             consumed = await handler(tp, batch)
             if consumed:
-                self._ack_offsets(tp, [record.offset for record in batch[:consumed]])
+                self.ack_offsets(tp, [record.offset for record in batch[:consumed]])
                 if consumed == len(batch):
-                    self._read_offset[tp] = batch[-1].offset
+                    self.set_read_offset(tp, batch[-1].offset)
                 self.app.monitor.stream_inbound_time[tp] = monotonic()  # Faust's "stream is idle" check
-        if self._commit_every is not None and self._n_acked >= self._commit_every:
-            self._n_acked = 0
-            await self.commit()
+        await self.commit_if_due()
         return True
 
-    def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
-        """Faust's ``Consumer.ack`` for many offsets of one partition at once."""
-        with ack_lock:
-            committed = self._committed_offset[tp]
-            index = self._acked_index[tp]
-            fresh = [o for o in offsets if (committed is None or o >= committed) and o not in index]
-            index.update(fresh)
-            self._acked[tp].extend(fresh)
-            self._n_acked += len(fresh)
-
-    async def _deliver_each(self, records: dict[TP, list[Any]], generation: int) -> None:
+    async def deliver_each(self, records: dict[TP, list[Any]], generation: int) -> None:
         """Faust's own per-message path (``Consumer.getmany`` + ``_drain_messages``) for other topics."""
-        to_message = self._to_message
+        to_message = self.to_message
         callback = self.callback
         for tp, record in self.scheduler.iterate(records):
-            if not self._current(generation):
+            if not self.current(generation):
                 return
             message = to_message(tp, record)
-            read = self._read_offset[tp]
+            read = self.read_offset(tp)
             if read is None or message.offset >= read:
                 if read and message.offset - read > 1 and self.app.topics.acks_enabled_for(message.topic):
-                    await self._add_gap(tp, read + 1, message.offset)
-                if self._commit_every is not None and self._n_acked >= self._commit_every:
-                    self._n_acked = 0
-                    await self.commit()
+                    await self.add_gap(tp, read + 1, message.offset)
+                await self.commit_if_due()
                 await self.wait_first(callback(message), self.suspend_flow.wait())
-                self._read_offset[tp] = message.offset
+                self.set_read_offset(tp, message.offset)

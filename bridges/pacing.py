@@ -24,7 +24,6 @@ import functools
 import logging
 import math
 import re
-import time
 import weakref
 from collections import Counter
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from types import MappingProxyType
 
 from aiolimiter import AsyncLimiter
 
+from vsync_stream.bridges import aiolimiter_seam
 from vsync_stream.metrics import BRIDGE_PACING_WAIT, BRIDGE_TOKENS
 
 __all__ = ["DICT_RATE_LIMITS", "Pacer", "RateLimit", "parse_rate_limits", "reserve_tokens"]
@@ -176,10 +176,7 @@ class Pacer:
         limiter = self._limiters.get(operation)
         if limiter is None:
             return math.inf
-        # aiolimiter (pinned < 2) keeps the bucket's level and when it last leaked it; the loop's clock
-        # is time.monotonic(). Read without leaking, so a scrape changes nothing.
-        elapsed = max(0.0, time.monotonic() - limiter._last_check)
-        level = max(0.0, limiter._level - elapsed * limiter._rate_per_sec)
+        level = aiolimiter_seam.level_now(limiter)  # read without leaking, so a scrape changes nothing
         return max(0.0, limiter.max_rate - level)
 
     async def acquire(self, operation: str) -> float:

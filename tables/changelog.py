@@ -21,6 +21,8 @@ from typing import Any
 
 from faust.types import TP
 
+from vsync_stream.bridges import faust_seam
+
 log = logging.getLogger(__name__)
 
 EXIT_CHANGELOG_FAILED = 70  # EX_SOFTWARE, as the fold: the supervisor restarts the worker, events replay
@@ -47,7 +49,7 @@ async def produce_changelog(table: Any, partition: int, items: dict[bytes, bytes
         for key, value in items.items():
             table.send_changelog(partition, key, value, key_serializer="raw", value_serializer="raw")
         return
-    client = app.producer._ensure_producer()  # the aiokafka producer of Faust's aiokafka driver
+    client = faust_seam.aiokafka_producer(app)  # the aiokafka producer of Faust's aiokafka driver
     topic = table.changelog_topic.get_topic_name()
     builder = client.create_batch()
     for key, value in items.items():

@@ -19,6 +19,7 @@ import orjson
 import rocksdict
 from faust.types import TP
 
+from vsync_stream.bridges import faust_seam
 from vsync_stream.domain.fold import EntryState
 from vsync_stream.domain.vsync import VSyncLedger
 from vsync_stream.metrics import LEDGER_DRIFT
@@ -101,12 +102,12 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
 
     def read(self, partition: int, key: bytes) -> bytes | None:
         """The stored value of ``key`` in a local partition (raw bytes), or None."""
-        value: bytes | None = self.data._db_for_partition(partition).get(key)
+        value: bytes | None = faust_seam.partition_db(self.data, partition).get(key)
         return value
 
     def reader(self, partition: int) -> Callable[[bytes], bytes | None]:
         """:meth:`read` bound to one local partition (the fold's per-event lookup, without the indirection)."""
-        get: Callable[[bytes], bytes | None] = self.data._db_for_partition(partition).get
+        get: Callable[[bytes], bytes | None] = faust_seam.partition_db(self.data, partition).get
         return get
 
     def write_batch(self, partition: int, items: dict[bytes, bytes]) -> Coroutine[Any, Any, None]:
@@ -120,15 +121,15 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in items.items():
             batch.put(key, value)
-        self.data._db_for_partition(partition).write(batch)
+        faust_seam.partition_db(self.data, partition).write(batch)
         return produce_changelog(self, partition, items)
 
     # -- derived state ----------------------------------------------------------------------
     def iter_partition(self, partition: int) -> Iterator[tuple[bytes, EntryState]]:
         """Every row of one local partition as ``(pix_key_bytes, state)``."""
         store = self.data
-        db = store._db_for_partition(partition)  # faust RocksDB store: one DB per partition
-        for key, value in store._visible_items(db):
+        db = faust_seam.partition_db(store, partition)  # faust RocksDB store: one DB per partition
+        for key, value in faust_seam.visible_items(store, db):
             if key != OFFSET_KEY:
                 yield key, EntryState.decode(value)
 
@@ -147,7 +148,7 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         """
         prefix = pair_prefix(participant, key_type)
         store = self.data
-        for key, value in store._visible_items(store._db_for_partition(partition)):
+        for key, value in faust_seam.visible_items(store, faust_seam.partition_db(store, partition)):
             if value.startswith(prefix):
                 cid = EntryState.decode(value).cid
                 if cid is not None:
@@ -171,8 +172,8 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         found: dict[tuple[str, str], dict[str, str]] = {pair: {} for pair in wanted}
         store = self.data
         for partition in sorted(self.partition_states) if partitions is None else partitions:
-            db = store._db_for_partition(partition)
-            for key, value in store._visible_items(db):
+            db = faust_seam.partition_db(store, partition)
+            for key, value in faust_seam.visible_items(store, db):
                 end = value.find(b'"', 13)  # ["<ISPB>","<key type>",…: the key type's closing quote
                 pair = prefixes.get(value[:end + 2])
                 if pair is None:

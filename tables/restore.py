@@ -13,7 +13,9 @@ start goes on from there. Faust then finds nothing left to read for those partit
 usual: standby partitions and tables this does not apply to take Faust's own path.
 
 The rows are the changelog's bytes, as Faust's ``Store.apply_changelog_batch`` writes them (a null
-value deletes the key). Installed with ``faust.App(..., TableManager=BulkTableManager)``.
+value deletes the key). Installed with ``faust.App(..., TableManager=BulkTableManager)``. Faust's
+and aiokafka's internals are reached through :mod:`~vsync_stream.bridges.faust_seam`,
+:mod:`~vsync_stream.bridges.aiokafka_seam` and :mod:`~vsync_stream.bridges.mode_seam`.
 """
 
 from __future__ import annotations
@@ -25,18 +27,13 @@ from time import monotonic
 from typing import Any
 
 import rocksdict
-from aiokafka import TopicPartition
 from aiokafka import errors as Errors
-from aiokafka.client import AIOKafkaClient
-from aiokafka.protocol.fetch import FetchRequest
-from aiokafka.record.memory_records import MemoryRecords
-from faust.stores.rocksdb import Store as RocksStore
-from faust.tables.base import Collection
-from faust.tables.manager import TableManager
-from faust.tables.recovery import Recovery
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
-from mode.utils.queues import ThrowableQueue
+
+from vsync_stream.bridges import aiokafka_seam, faust_seam, mode_seam
+from vsync_stream.bridges.aiokafka_seam import AIOKafkaClient
+from vsync_stream.bridges.faust_seam import Collection, RocksStore
+from vsync_stream.bridges.mode_seam import ThrowableQueue
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +41,7 @@ FETCH_PARTITION_BYTES = 16 * 1024 * 1024
 FETCH_TOTAL_BYTES = 64 * 1024 * 1024
 FETCH_WAIT_MS = 100
 RETRY_BACKOFF_S = 0.5
-READ_UNCOMMITTED = 0  # isolation level of the Fetch request (bulk_restorable excludes transactions)
+# The Fetch requests read uncommitted (aiokafka_seam.READ_UNCOMMITTED): bulk_restorable excludes transactions.
 # Faust wraps ``_build_offsets`` in ``broker_request_timeout``, and a timeout there stops its
 # recovery service for good; a round of catch-up ends this long before it, and the next round goes on.
 ROUND_MARGIN_S = 20.0
@@ -60,15 +57,14 @@ def bulk_restorable(table: Any) -> bool:
     return (isinstance(store, RocksStore) and store.use_rocksdict
             and type(store).apply_changelog_batch is RocksStore.apply_changelog_batch
             and type(table).apply_changelog_batch is Collection.apply_changelog_batch
-            and getattr(table, "_on_changelog_event", None) is None)
+            and faust_seam.changelog_event_callback(table) is None)
 
 
-class BulkRecovery(Recovery):  # type: ignore[misc]
+class BulkRecovery(faust_seam.Recovery):
     """Faust's recovery service with the active partitions caught up in bulk first."""
 
-    async def _build_offsets(self, consumer: Any, tps: set[TP], destination: Counter[TP], title: str) -> None:
-        await super()._build_offsets(consumer, tps, destination, title)
-        if title != "active" or not tps:
+    async def on_active_offsets(self, tps: set[TP], destination: Counter[TP]) -> None:
+        if not tps:
             return
         tables: dict[TP, Any] = {tp: self.tp_to_table[tp] for tp in tps if tp in self.tp_to_table}
         work = {tp: table.data for tp, table in tables.items() if bulk_restorable(table)}
@@ -97,27 +93,17 @@ class ChangelogQueue(ThrowableQueue):  # type: ignore[misc]
     """
 
     def clear(self) -> None:
-        if self._flow_control.is_active():  # called by FlowControlEvent.resume()
+        if mode_seam.queue_flow_control(self).is_active():  # called by FlowControlEvent.resume()
             return
         super().clear()
 
 
-class BulkTableManager(TableManager):  # type: ignore[misc]
+class BulkTableManager(faust_seam.TableManager):
     """Faust's table manager with :class:`BulkRecovery` as its recovery service and a
     :class:`ChangelogQueue` that keeps standby records across flow resumes."""
 
-    @property
-    def recovery(self) -> Recovery:
-        if self._recovery is None:
-            self._recovery = BulkRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
-        return self._recovery
-
-    @property
-    def changelog_queue(self) -> ThrowableQueue:
-        if self._changelog_queue is None:
-            self._changelog_queue = ChangelogQueue(maxsize=self.app.conf.stream_buffer_maxsize,
-                                                   flow_control=self.app.flow_control, clear_on_resume=True)
-        return self._changelog_queue
+    recovery_class = BulkRecovery
+    changelog_queue_class = ChangelogQueue
 
 
 def _last(offsets: Counter[TP], tp: TP) -> int:
@@ -127,16 +113,16 @@ def _last(offsets: Counter[TP], tp: TP) -> int:
 
 def _client(app: Any) -> AIOKafkaClient:
     conf = app.conf
-    return AIOKafkaClient(
-        bootstrap_servers=server_list(conf.broker, 9092),
+    return aiokafka_seam.raw_client(
+        bootstrap_servers=faust_seam.server_list(conf.broker, 9092),
         client_id=f"{conf.broker_client_id}-restore",
         request_timeout_ms=int(conf.broker_request_timeout * 1000.0),
-        **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+        **faust_seam.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
     )
 
 
-class _Unfetchable(Exception):
-    """A partition this restore leaves to Faust's own path (e.g. its offset is out of the log's range)."""
+# A partition this restore leaves to Faust's own path (e.g. its offset is out of the log's range).
+_Unfetchable = aiokafka_seam.Unfetchable
 
 
 async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, list[Any]]:
@@ -150,42 +136,8 @@ async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, l
         _Unfetchable: (carrying the partition) Kafka refused a partition for a reason a retry does
             not cure, e.g. OFFSET_OUT_OF_RANGE.
     """
-    by_leader: dict[int, list[TP]] = {}
-    for tp in positions:
-        leader = client.cluster.leader_for_partition(TopicPartition(tp.topic, tp.partition))
-        if leader is None or leader < 0:
-            await client.force_metadata_update()
-            return {}
-        by_leader.setdefault(leader, []).append(tp)
-    requests = []
-    for leader, tps in by_leader.items():
-        topics: dict[str, list[tuple[int, int, int]]] = {}
-        for tp in tps:
-            topics.setdefault(tp.topic, []).append((tp.partition, positions[tp], FETCH_PARTITION_BYTES))
-        request = FetchRequest(FETCH_WAIT_MS, 1, FETCH_TOTAL_BYTES, READ_UNCOMMITTED, list(topics.items()))
-        requests.append(client.send(leader, request))
-    fetched: dict[TP, list[Any]] = {}
-    stale_metadata = False
-    for response in await asyncio.gather(*requests):
-        for topic, partitions in response.topics:
-            for partition, error_code, _highwater, *data in partitions:
-                tp = TP(topic, partition)
-                error = Errors.for_code(error_code)
-                if error is Errors.NoError:
-                    records = MemoryRecords(data[-1])
-                    batches = []
-                    while records.has_next():
-                        batch = records.next_batch()
-                        if not batch.is_control_batch:
-                            batches.append(batch)
-                    fetched[tp] = batches
-                elif getattr(error, "invalid_metadata", False) or error.retriable:
-                    stale_metadata = True  # leader moved, broker restarting: ask again after a refresh
-                else:
-                    raise _Unfetchable(tp, error.__name__)
-    if stale_metadata:
-        await client.force_metadata_update()
-    return fetched
+    return await aiokafka_seam.fetch_record_batches(client, positions, partition_bytes=FETCH_PARTITION_BYTES,
+                                                    total_bytes=FETCH_TOTAL_BYTES, wait_ms=FETCH_WAIT_MS)
 
 
 async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP], highwaters: Counter[TP],
@@ -257,7 +209,7 @@ async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP],
                     positions[tp] = max(positions[tp], record_batch.next_offset)
                 if last >= 0:
                     batch.put(store.offset_key, str(last).encode())  # rows and offset in one atomic write
-                    store._db_for_partition(tp.partition).write(batch)
+                    faust_seam.partition_db(store, tp.partition).write(batch)
                     offsets[tp] = last
             for tp in list(pending):
                 if offsets[tp] >= highwaters[tp]:
@@ -267,7 +219,7 @@ async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP],
                     # removed by compaction): mark the partition read up to it, as Faust's recovery
                     # does for aborted transactions.
                     store = pending.pop(tp)
-                    store._db_for_partition(tp.partition).put(store.offset_key, str(highwaters[tp]).encode())
+                    faust_seam.partition_db(store, tp.partition).put(store.offset_key, str(highwaters[tp]).encode())
                     offsets[tp] = highwaters[tp]
             if pending and monotonic() - t0 > budget_s:  # checked after a fetch: every round progresses
                 log.warning("bulk restore: %d records in %.1f s, %d partitions not caught up yet; going on in the "
