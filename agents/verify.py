@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from vsync_stream.errors import StateNotReady, VsyncError
 
 if TYPE_CHECKING:
-    from vsync_stream.app import VsyncApp
+    from vsync_stream.ports import Worker
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ NOT_READY_RETRY_S = 30.0
 NOT_READY_GIVE_UP_S = 3600.0
 
 
-def register_verify_timer(vapp: VsyncApp) -> None:
+def register_verify_timer(vapp: Worker) -> None:
     """Schedule ``verify_vsyncs`` on ``settings.verify_cron`` in ``settings.verify_timezone``, and the
     ledger check every ``settings.ledger_check_interval_s``.
 

@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import faust
+from faust.cli import faust as _faust_commands  # noqa: F401  # puts Faust's commands on the group (as App.main)
 from faust.cli.base import cli as faust_cli
 from faust.stores.rocksdb import Store as RocksStore
 from faust.tables.base import Collection
@@ -36,8 +38,8 @@ from mode.utils.queues import ThrowableQueue
 
 __all__ = [
     "ACTIVE", "CONTRACT", "TESTED_WITH", "Collection", "Consumer", "Recovery", "RocksStore", "TableManager",
-    "aiokafka_producer", "changelog_event_callback", "credentials_to_aiokafka_auth", "faust_cli",
-    "partition_db", "server_list", "visible_items",
+    "aiokafka_producer", "changelog_event_callback", "committed_offsets", "credentials_to_aiokafka_auth",
+    "faust_cli", "hide_commands", "partition_db", "running_consumer", "server_list", "visible_items",
 ]
 
 TESTED_WITH = "faust-streaming==0.15.3"
@@ -69,6 +71,7 @@ CONTRACT: list[tuple[Any, str, tuple[str, ...] | None]] = [
     (RocksStore, "_db_for_partition", ("self", "partition")),
     (RocksStore, "_visible_items", ("self", "db")),
     (Collection, "_on_changelog_event", None),
+    (faust.App, "_consumer", None),
 ]
 
 
@@ -191,6 +194,19 @@ def aiokafka_producer(app: Any) -> Any:
         faust.exceptions.NotReady: the producer is not started yet.
     """
     return app.producer._ensure_producer()
+
+
+def running_consumer(app: Any) -> Any:
+    """The app's consumer if one was created (``app.consumer`` would create one), else None."""
+    return getattr(app, "_consumer", None)
+
+
+def committed_offsets(consumer: Any) -> Any:
+    """The consumer's committed offsets (partition → next offset to read; None: no consumer).
+
+    Read-only: the mapping Faust's commit updates, without a public getter.
+    """
+    return getattr(consumer, "_committed_offset", None)
 
 
 def hide_commands(names: Sequence[str]) -> None:

@@ -82,9 +82,9 @@ async def run_adapter(settings: Settings, stop: asyncio.Event) -> None:
 @click.command("adapter")
 def adapter_command() -> None:
     """Run only the Pulsar-to-Kafka adapter (pair it with workers run with VSYNC_ADAPTER_ENABLED=false)."""
-    from vsync_stream.cli import _settings
+    from vsync_stream.cli_support import load_settings
 
-    settings = _settings()
+    settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SCOPES", "MIN_TOKEN_CHARS", "SCOPES_HEADER", "Authorizer", "Grant", "Scope", "bearer_token",
-    "configured_grants", "parse_api_tokens", "parse_scopes_header", "parse_tokens_file",
+    "configured_grants", "operate_tokens", "parse_api_tokens", "parse_scopes_header", "parse_tokens_file",
 ]
 
 MIN_TOKEN_CHARS = 16
@@ -178,6 +178,17 @@ def configured_grants(settings: Settings) -> list[Grant]:
             raise ConfigurationError(f"cannot read VSYNC_API_TOKENS_FILE {path}: {reason}") from None
         grants += parse_tokens_file(text, f"VSYNC_API_TOKENS_FILE {path}")
     return grants
+
+
+def operate_tokens(settings: Settings) -> list[str]:
+    """The bearer tokens of ``settings`` that may change state (scope ``operate``), in configured order.
+
+    What the CLI sends to a running worker (``vsync-stream verify``/``reconcile``).
+
+    Raises:
+        ConfigurationError: a token or scope is malformed, or the tokens file cannot be read.
+    """
+    return [g.token for g in configured_grants(settings) if Scope.OPERATE in g.scopes]
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -12,61 +12,36 @@ import sys
 from typing import Any
 
 import click
-from faust.cli.base import cli as faust_cli
-from pydantic import ValidationError
 
+from vsync_stream.auth import operate_tokens
+from vsync_stream.bridges.faust_seam import faust_cli, hide_commands
+from vsync_stream.cli_support import load_settings as _settings
+from vsync_stream.cli_support import print_results_table, request_verification, run_reconciliation
 from vsync_stream.errors import VsyncError
 from vsync_stream.settings import Settings
 
+__all__ = ["PRODUCT_COMMANDS", "main", "print_results_table", "request_verification", "run_reconciliation"]
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        lines = [f"  VSYNC_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
-        raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None
-
-
-def print_results_table(rows: list[dict[str, Any]], out: Any = None) -> None:
-    """Print verification rows (camelCase dicts) as an aligned table."""
-    out = out or sys.stdout
-    header = f"{'participant':<12} {'keyType':<6} {'entries':>9}  {'vsync':<64}  result"
-    print(header, file=out)
-    print("-" * len(header), file=out)
-    for r in rows:
-        print(f"{r['participant']:<12} {r['keyType']:<6} {r['entries']:>9}  {r['vsync']}  {r['result']}", file=out)
-
-
-async def request_verification(target: str, token: str, timeout_s: float = 120.0) -> list[dict[str, Any]]:
-    """Ask a running worker to verify now (``POST /verify``) and return its verification rows.
-
-    Args:
-        target: the worker's web view base URL, e.g. ``http://127.0.0.1:16066``.
-        token: a bearer token the worker accepts.
-        timeout_s: overall deadline, seconds.
-
-    Raises:
-        click.ClickException: the worker refused, stayed not ready, or cannot be reached.
-    """
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {token}"}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-            for _attempt in range(30):
-                async with session.post(f"{target}/verify", headers=headers) as resp:
-                    body = await resp.json(content_type=None)
-                    if resp.status == 503:  # recovering: the worker says when to come back
-                        await asyncio.sleep(float(resp.headers.get("Retry-After", "2")))
-                        continue
-                    if resp.status != 200:
-                        raise click.ClickException(f"worker answered {resp.status}: {body.get('error', body)}")
-                    rows: list[dict[str, Any]] = body["verifications"]
-                    return rows
-            raise click.ClickException("worker stayed not ready (recovering) for too long")
-    except aiohttp.ClientError as exc:
-        raise click.ClickException(f"cannot reach the worker at {target} ({exc}); "
-                                   "is `vsync-stream worker` running?") from exc
+# The product's commands in the order ``vsync-stream --help`` lists them, each with its line there
+# (one line in 80 columns: at most 60 characters).
+# Commands registered without a line here follow them, with their own short help.
+PRODUCT_COMMANDS: dict[str, str] = {
+    "worker": "Run a worker: fold events, verify, serve the web view.",
+    "verify": "Verify every pair with the DICT now (via a worker).",
+    "reconcile": "Reconcile one pair with the DICT now (via a worker).",
+    "adapter": "Run only the Pulsar-to-Kafka adapter.",
+    "migrate": "Create or upgrade the PostgreSQL audit schema.",
+    "settings": "List every setting, its env variable and default.",
+    "cid": "Print the CID of a DICT entry (JSON).",
+    "vsync": "Print the VSync (XOR of every CID) of a CID file.",
+    "diff": "Compare two CID files: the CIDs only in each.",
+    "simulator": "Run the DICT simulator (a gRPC Bridge server).",
+    "demo": "Run the main job end to end on the local stack.",
+    "drill": "Run BACEN's homologation drill on the local stack.",
+}
+# Faust's own commands that apply to this product; its others (agents, tables, send, reset,
+# livecheck, model(s), completion, clean-versions) are hidden from --help but still run when named.
+FAUST_COMMANDS_SHOWN = ("worker",)
 
 
 @click.command("verify")
@@ -78,7 +53,7 @@ def verify_command(url: str | None, as_json: bool) -> None:
     Exits 0 when every pair is OK, 1 otherwise.
     """
     settings = _settings()
-    tokens = settings.tokens()
+    tokens = operate_tokens(settings)
     if not tokens:
         raise click.ClickException("no API token with the operate scope configured: set VSYNC_API_TOKENS or "
                                    "VSYNC_API_TOKENS_FILE (a bare token has scopes operate and entries)")
@@ -91,49 +66,6 @@ def verify_command(url: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
-async def run_reconciliation(target: str, token: str, participant: str, key_type: str, progress: bool = True,
-                             timeout_s: float = 3600.0) -> dict[str, Any]:
-    """Ask a running worker to reconcile one pair and follow it to the end, with a progress bar.
-
-    Returns:
-        The finished run (camelCase JSON: path, counts added/removed/changed, result).
-
-    Raises:
-        click.ClickException: the worker refused, or the run did not finish within ``timeout_s``.
-    """
-    import aiohttp
-    from tqdm import tqdm
-
-    headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        try:
-            async with session.post(f"{target}/reconcile", headers=headers,
-                                    json={"participant": participant, "keyType": key_type}) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 202:
-                    raise click.ClickException(f"worker answered {resp.status}: {body.get('error', body)}")
-        except aiohttp.ClientError as exc:
-            raise click.ClickException(f"cannot reach the worker at {target} ({exc})") from exc
-        run_id = body["id"]
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        phase = None
-        with tqdm(total=0, desc="starting", file=sys.stderr, disable=not progress, mininterval=0.5) as bar:
-            while True:
-                async with session.get(f"{target}/reconciliations/{run_id}") as resp:
-                    run: dict[str, Any] = await resp.json(content_type=None)
-                if run.get("phase") != phase:
-                    phase = run.get("phase")
-                    bar.reset(total=run["progress"]["total"] or None)
-                    bar.set_description(str(phase))
-                bar.n = run["progress"]["done"]
-                bar.refresh()
-                if run.get("finishedAt"):
-                    return run
-                if asyncio.get_running_loop().time() > deadline:
-                    raise click.ClickException(f"reconciliation {run_id} still running after {timeout_s:.0f} s")
-                await asyncio.sleep(0.5)
-
-
 @click.command("reconcile")
 @click.option("--participant", required=True, help="ISPB of the pair to reconcile.")
 @click.option("--key-type", "key_type", required=True, type=click.Choice(["CPF", "CNPJ", "PHONE", "EMAIL", "EVP"]))
@@ -144,7 +76,7 @@ def reconcile_command(participant: str, key_type: str, url: str | None) -> None:
     Shows the progress of each phase; exits 0 when the DICT answers OK afterwards, 1 otherwise.
     """
     settings = _settings()
-    tokens = settings.tokens()
+    tokens = operate_tokens(settings)
     if not tokens:
         raise click.ClickException("no API token with the operate scope configured: set VSYNC_API_TOKENS or "
                                    "VSYNC_API_TOKENS_FILE (a bare token has scopes operate and entries)")
@@ -223,6 +155,7 @@ def _register_own_commands() -> None:
     from vsync_stream.drill import drill_command
     from vsync_stream.simulator.cli import simulator_command
 
+    faust_commands = [name for name in faust_cli.commands if name not in FAUST_COMMANDS_SHOWN]
     faust_cli.help = ("vsync-stream: keeps a Pix participant's DICT keys provably in sync with BACEN.\n\n"
                       "`vsync-stream worker -l info` runs a worker; the other commands talk to a running worker, "
                       "to CID files or to the local stack. Settings: `vsync-stream settings`.")
@@ -230,6 +163,20 @@ def _register_own_commands() -> None:
                     vsync_command, diff_command, simulator_command, demo_command, drill_command, adapter_command):
         if command.name not in faust_cli.commands:
             faust_cli.add_command(command)
+    hide_commands(faust_commands)
+    faust_cli.format_commands = _format_commands  # type: ignore[method-assign]
+
+
+def _format_commands(ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    """The commands section of ``--help``: the product's first, in :data:`PRODUCT_COMMANDS` order."""
+    shown = {name: faust_cli.commands[name] for name in faust_cli.list_commands(ctx)
+             if not faust_cli.commands[name].hidden}
+    order = [name for name in PRODUCT_COMMANDS if name in shown] + sorted(set(shown) - set(PRODUCT_COMMANDS))
+    width = max((len(name) for name in order), default=0)
+    rows = [(name, PRODUCT_COMMANDS.get(name) or shown[name].get_short_help_str(limit=formatter.width - width - 6))
+            for name in order]
+    with formatter.section("Commands"):
+        formatter.write_dl(rows)
 
 
 def quiet_for_json_logs(argv: list[str], log_format: str) -> list[str]:

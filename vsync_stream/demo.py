@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from vsync_stream.cli import print_results_table
+from vsync_stream.cli_support import print_results_table
 from vsync_stream.scenario import LocalScenario
 
 

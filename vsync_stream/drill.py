@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import click
 
-from vsync_stream.cli import print_results_table
+from vsync_stream.cli_support import print_results_table
 from vsync_stream.scenario import LocalScenario
 from vsync_stream.simulator.population import PopulationGenerator
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from vsync_stream.bridges.audit_store import AuditStore
 from vsync_stream.bridges.pulsar_security import pulsar_client_options
 from vsync_stream.bridges.pulsar_source import ensure_subscription
-from vsync_stream.cli import request_verification
+from vsync_stream.cli_support import request_verification
 from vsync_stream.domain.entry import Entry
 from vsync_stream.domain.events import KeyEvent
 from vsync_stream.settings import Settings

@@ -130,19 +130,6 @@ class Settings(BaseSettings):
     def _split_tokens(cls, value: object) -> object:
         return _csv(value)
 
-    def tokens(self) -> list[str]:
-        """The bearer tokens that may change state (scope ``operate``), from ``api_tokens`` and ``api_tokens_file``.
-
-        Scope suffixes are parsed off; :class:`vsync_stream.auth.Authorizer` is the source of truth
-        for what each token may do.
-
-        Raises:
-            ConfigurationError: a token or scope is malformed, or the tokens file cannot be read.
-        """
-        from vsync_stream.auth import Scope, configured_grants
-
-        return [g.token for g in configured_grants(self) if Scope.OPERATE in g.scopes]
-
     @property
     def kafka_broker_url(self) -> list[str]:
         """Bootstrap servers as Faust broker URLs."""

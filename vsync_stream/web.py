@@ -26,6 +26,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from vsync_stream.auth import Scope
+from vsync_stream.bridges import faust_seam
 from vsync_stream.cluster import HOPS_HEADER, MAX_HOPS, Forwarded, local_pair_cids, parse_pair_cids_query
 from vsync_stream.domain.fold import EntryState
 from vsync_stream.domain.masking import mask_key
@@ -34,7 +35,7 @@ from vsync_stream.metrics import MetricsRefresher
 from vsync_stream.status_page import CONTENT_SECURITY_POLICY, STATUS_HTML
 
 if TYPE_CHECKING:
-    from vsync_stream.app import VsyncApp
+    from vsync_stream.ports import Worker
 
 RETRY_AFTER_S = "5"
 MAX_PIX_KEY_CHARS = 77  # the longest Pix key: an e-mail address (BCB DICT API)
@@ -59,7 +60,7 @@ def event_counts() -> dict[str, int]:
     }
 
 
-def register_views(vapp: VsyncApp) -> None:
+def register_views(vapp: Worker) -> None:
     """Add the web view's pages to the Faust app of ``vapp``."""
     app = vapp.faust
     cluster = vapp.cluster
@@ -313,12 +314,12 @@ def register_views(vapp: VsyncApp) -> None:
         except StateNotReady:
             complete = False
         refresher.refresh_table(vapp.entries, complete)
-        # Faust's private attributes, read-only: ``app.consumer`` would create a consumer if none ran
-        # yet, and the committed offsets (next offset to read, per partition) have no public getter;
-        # they serve only partitions this worker has not folded anything in since it started.
-        consumer = getattr(app, "_consumer", None)
+        # Faust's private attributes, read-only (faust_seam): ``app.consumer`` would create a consumer if
+        # none ran yet, and the committed offsets (next offset to read, per partition) have no public
+        # getter; they serve only partitions this worker has not folded anything in since it started.
+        consumer = faust_seam.running_consumer(app)
         refresher.refresh_lag(consumer, vapp.entries, vapp.settings.key_events_topic,
-                              getattr(consumer, "_committed_offset", None))
+                              faust_seam.committed_offsets(consumer))
         try:
             refresher.refresh_reconciliations(vapp.reconciler().running())
             audit = vapp.audit()

@@ -19,6 +19,7 @@ from vsync_stream.auth import (
     Scope,
     bearer_token,
     configured_grants,
+    operate_tokens,
     parse_api_tokens,
     parse_scopes_header,
     parse_tokens_file,
@@ -136,8 +137,8 @@ def test_settings_sources_env_and_file_and_the_old_tokens_list(tmp_path: Path) -
     settings = Settings(api_tokens=f"{T1},{T2}=entries", api_tokens_file=path)
     assert [(g.token, g.scopes) for g in configured_grants(settings)] == [
         (T1, DEFAULT_SCOPES), (T2, {Scope.ENTRIES}), (T3, {Scope.ENTRIES, Scope.PII})]
-    # settings.tokens() (the CLI's and the pre-scope web view's list) keeps the tokens that may operate.
-    assert settings.tokens() == [T1]
+    # operate_tokens() (what the CLI sends to a worker) keeps the tokens that may operate.
+    assert operate_tokens(settings) == [T1]
     with pytest.raises(ConfigurationError, match="cannot read VSYNC_API_TOKENS_FILE"):
         configured_grants(Settings(api_tokens_file=tmp_path / "missing"))
 

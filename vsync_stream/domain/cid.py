@@ -12,16 +12,42 @@ from __future__ import annotations
 import hmac
 import re
 import uuid
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from vsync_stream.domain.entry import Entry
+
+class CidSource(Protocol):
+    """What a CID is computed from: the RequestId and the nine attributes of a DICT entry.
+
+    :class:`vsync_stream.domain.entry.Entry` is one; a protocol here keeps ``cid`` below ``entry``
+    in the import graph (``entry`` computes its CID with this module).
+    """
+
+    @property
+    def key_type(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def owner_tax_id(self) -> str: ...
+    @property
+    def owner_name(self) -> str: ...
+    @property
+    def owner_trade_name(self) -> str | None: ...
+    @property
+    def participant(self) -> str: ...
+    @property
+    def branch(self) -> str | None: ...
+    @property
+    def account_number(self) -> str: ...
+    @property
+    def account_type(self) -> str: ...
 
 CID_HEX_LENGTH = 64
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-def entry_attributes(entry: Entry) -> str:
+def entry_attributes(entry: CidSource) -> str:
     """Build the CID message of an entry: the nine attributes joined by ``&``, in the DICT's order.
 
     Args:
@@ -67,7 +93,7 @@ def cid_of(request_id: bytes, attributes: str) -> str:
     return hmac.digest(request_id, attributes.encode("utf-8"), "sha256").hex()
 
 
-def compute_cid(entry: Entry) -> str:
+def compute_cid(entry: CidSource) -> str:
     """Compute the CID of an entry with its own RequestId (BCB DICT API, "Cálculo de CID").
 
     Args:
