@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 STACK := deploy/local/stack
 # A stack that comes up only in part is stopped again: nothing is left running on the machine.
 STACK_UP := $(STACK) up || { $(STACK) down; exit 1; }
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 # KEEP=1 leaves the local stack running after `make demo` / `make test`.
 KEEP ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: system-deps install proto stack-up stack-down stack-status demo drill bench bench-diff test chaos unit lint clean
+.PHONY: system-deps install lock proto stack-up stack-down stack-status demo drill bench bench-diff test chaos unit lint typecheck clean
 
 install: $(STAMP)
 
@@ -23,11 +23,24 @@ system-deps:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    chromium prometheus >/dev/null; }
 
-$(STAMP): pyproject.toml
+# Every package at the version of constraints.txt (the environment the tests ran with); the
+# libraries the seams reach into (bridges/*_seam.py) are pinned exactly in pyproject.toml too.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
+
+# Refresh constraints.txt: resolve pyproject.toml afresh (newest versions its ranges allow) in a
+# scratch venv and record every version. Run the tests before committing the new file.
+LOCK_VENV := .local/lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/pip install -q -e '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; $(LOCK_VENV)/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf $(LOCK_VENV)
+	@echo "constraints.txt refreshed: make install installs it; run make test before committing it"
 
 # Regenerate the committed gRPC code from bridges/proto (a test checks it is up to date).
 proto: install
@@ -70,7 +83,8 @@ bench: install
 bench-diff: install
 	$(BIN)/python benchmarks/bench_diff.py $(BENCH_ARGS)
 
-test: install system-deps
+# Lint and the type check first (CI runs `make test`), then every test on the local stack.
+test: install system-deps lint
 	$(STACK_UP)
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
@@ -88,8 +102,18 @@ chaos: install
 unit: install system-deps
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-lint: install
+lint: install typecheck
 	$(BIN)/ruff check .
+
+# mypy on the package as it is installed: agents/, tables/ and bridges/ are vsync_stream.agents,
+# .tables and .bridges (pyproject package-dir), which mypy cannot see through the editable
+# install's import hook, so it checks a tree of symlinks with that layout (generated code excluded).
+TYPECHECK_TREE := .local/typecheck
+typecheck: install
+	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/vsync_stream
+	@for f in vsync_stream/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK_TREE)/vsync_stream/; done
+	@for d in agents tables bridges; do ln -s "$(CURDIR)/$$d" $(TYPECHECK_TREE)/vsync_stream/$$d; done
+	cd $(TYPECHECK_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml vsync_stream
 
 clean:
 	rm -rf .local/demo .local/worker demo-report.json .pytest_cache

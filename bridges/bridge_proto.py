@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,13 +25,13 @@ from vsync_stream.errors import BridgeError, BridgeNotFound, BridgeUnavailable, 
 RETRY_AFTER_TRAILER = "retry-after-ms"
 
 
-def key_type_to_proto(key_type: str) -> int:
+def key_type_to_proto(key_type: str) -> pb.KeyType:
     """``"CPF"`` → ``KEY_TYPE_CPF``.
 
     Raises:
         ValueError: not one of the five key types.
     """
-    return pb.KeyType.Value("KEY_TYPE_" + KeyType(key_type).value)
+    return cast("pb.KeyType", pb.KeyType.Value("KEY_TYPE_" + KeyType(key_type).value))
 
 
 def key_type_from_proto(value: int) -> str:

@@ -19,7 +19,7 @@ skip commits silently.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -93,7 +93,7 @@ class Consumer(_FaustAIOKafkaConsumer):  # type: ignore[misc]
         """The fetch loop; runs until this consumer or ``fetcher_should_stop()`` stops."""
         raise NotImplementedError
 
-    async def wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]] | None, set[TP] | None]:
+    async def wait_next_records(self, timeout: float) -> tuple[Mapping[TP, list[Any]] | None, set[TP] | None]:
         """One fetch: (partition → aiokafka ``ConsumerRecord``\\ s, the active partitions or None)."""
         records, active = await self._wait_next_records(timeout=timeout)
         return records, active

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from vsync_stream.errors import ConfigurationError
 
@@ -35,7 +35,15 @@ def readable_file(path: Path | None, env: str) -> Path | None:
     return path
 
 
-def bridge_tls_kwargs(settings: Settings) -> dict[str, Path]:
+class BridgeTlsFiles(TypedDict, total=False):
+    """The TLS keyword arguments of ``BridgeClient`` (absent: not set)."""
+
+    root_cert_path: Path
+    cert_chain_path: Path
+    private_key_path: Path
+
+
+def bridge_tls_kwargs(settings: Settings) -> BridgeTlsFiles:
     """The TLS arguments of :class:`~vsync_stream.bridges.dict_bridge.BridgeClient` from the settings.
 
     Returns:
@@ -48,9 +56,11 @@ def bridge_tls_kwargs(settings: Settings) -> dict[str, Path]:
     if (settings.bridge_tls_cert is None) != (settings.bridge_tls_key is None):
         raise ConfigurationError("mutual TLS to the Bridge needs both VSYNC_BRIDGE_TLS_CERT and VSYNC_BRIDGE_TLS_KEY; "
                                  "set both, or neither for server-authenticated TLS only")
-    found = {
-        "root_cert_path": readable_file(settings.bridge_tls_ca, "VSYNC_BRIDGE_TLS_CA"),
-        "cert_chain_path": readable_file(settings.bridge_tls_cert, "VSYNC_BRIDGE_TLS_CERT"),
-        "private_key_path": readable_file(settings.bridge_tls_key, "VSYNC_BRIDGE_TLS_KEY"),
-    }
-    return {name: path for name, path in found.items() if path is not None}
+    found = BridgeTlsFiles()
+    if (ca := readable_file(settings.bridge_tls_ca, "VSYNC_BRIDGE_TLS_CA")) is not None:
+        found["root_cert_path"] = ca
+    if (cert := readable_file(settings.bridge_tls_cert, "VSYNC_BRIDGE_TLS_CERT")) is not None:
+        found["cert_chain_path"] = cert
+    if (key := readable_file(settings.bridge_tls_key, "VSYNC_BRIDGE_TLS_KEY")) is not None:
+        found["private_key_path"] = key
+    return found

@@ -89,7 +89,8 @@ class _Table(Protocol):
     """What the refresher reads from the entries table (``EntriesTable`` has it)."""
 
     recovering: bool
-    partition_states: Mapping[int, Any]  # partition -> PartitionState (``ledger``, ``offset``)
+    @property
+    def partition_states(self) -> Mapping[int, Any]: ...  # partition -> PartitionState (``ledger``, ``offset``)
 
 
 class _Consumer(Protocol):
@@ -106,8 +107,10 @@ class _Run(Protocol):
 
 
 class _LastVerification(Protocol):
-    result: str
-    finished_at: datetime
+    @property
+    def result(self) -> str: ...
+    @property
+    def finished_at(self) -> datetime: ...
 
 
 class MetricsRefresher:

@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class VerifyAnswer(Protocol):
-    result: str
-    verification_id: str
+    """The DICT's answer as a round reads it (``bridge_proto.VerifyResult`` is one; read-only)."""
+
+    @property
+    def result(self) -> str: ...
+    @property
+    def verification_id(self) -> str: ...
 
 
 class SyncVerifier(Protocol):

@@ -81,7 +81,7 @@ def register_views(vapp: Worker) -> None:
 
     async def read_body(request: Request, limit: int) -> bytes | None:
         """The request body, or None when it is over ``limit`` bytes."""
-        body: bytes = await request.content.read(limit + 1)
+        body: bytes = await request.content.read(limit + 1)  # type: ignore[attr-defined]  # aiohttp's request
         return None if len(body) > limit else body
 
     def too_large(view: View, limit: int) -> Response:

@@ -299,7 +299,8 @@ class _Servicer(pb_grpc.DictBridgeServicer):
         if status != "AVAILABLE":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"CID file job is {status}; poll GetCidFile until it is AVAILABLE")
-        header = pb.CidFileChunk(byte_size=job.byte_size or 0, sha256=store.announced_sha256(job))
+        header: pb.CidFileChunk | None = pb.CidFileChunk(byte_size=job.byte_size or 0,
+                                                         sha256=store.announced_sha256(job))
         async for data in store.chunks(job):
             if header is not None:
                 header.data = data
