@@ -30,6 +30,7 @@ import aiohttp
 from aiokafka.partitioner import murmur2
 from yarl import URL
 
+from vsync_stream.domain.keys import is_ispb
 from vsync_stream.domain.vsync import VSyncLedger
 from vsync_stream.errors import StateNotReady
 from vsync_stream.tables.entries import EntriesTable, PartitionReport
@@ -301,8 +302,8 @@ class Cluster:
 def parse_pair_cids_query(pair: str) -> tuple[str, str]:
     """``"<participant>/<key type>"`` → (participant, key type); ValueError when malformed."""
     participant, _, key_type = pair.partition("/")
-    if not participant or not key_type:
-        raise ValueError("pair must be <participant>/<key type>")
+    if not is_ispb(participant) or not key_type:
+        raise ValueError("pair must be <participant>/<key type>, the participant an 8-digit ISPB")
     return participant, key_type
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from vsync_stream.domain.keys import KEY_TYPES
+from vsync_stream.domain.keys import KEY_TYPES, is_ispb
 
 
 def _csv(value: object) -> object:
@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_participants(cls, value: list[str]) -> list[str]:
         for ispb in value:
-            if len(ispb) != 8 or not ispb.isdigit():
+            if not is_ispb(ispb):
                 raise ValueError(f"participant {ispb!r} is not an 8-digit ISPB (keep leading zeros)")
         if not value:
             raise ValueError("at least one participant ISPB is needed")
