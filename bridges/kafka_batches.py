@@ -30,6 +30,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
 from faust.types.tuples import ack_lock
@@ -67,8 +68,27 @@ def install(app: Any) -> None:
     app.transport.Consumer = BatchConsumer
 
 
+class ReadCommittedConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
+    """Faust's aiokafka consumer thread whose consumer reads committed records only.
+
+    The table changelogs are written in transactions (``tables/fence.py``): a standby, and Faust's
+    own recovery path, must not apply the records of a fenced writer's aborted transaction. Faust
+    reads ``read_committed`` only with ``processing_guarantee="exactly_once"``, which would also
+    route every commit through its transaction manager; here only the isolation level changes
+    (the key-events topic is not transactional, so it reads the same either way).
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"  # aiokafka passes it to its Fetcher at start()
+        return consumer
+
+
 class BatchConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
     """Faust's aiokafka consumer whose fetch loop hands registered topics' records over in batches."""
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

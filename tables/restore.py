@@ -29,6 +29,7 @@ from aiokafka import TopicPartition
 from aiokafka import errors as Errors
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 from faust.stores.rocksdb import Store as RocksStore
 from faust.tables.base import Collection
@@ -44,7 +45,10 @@ FETCH_PARTITION_BYTES = 16 * 1024 * 1024
 FETCH_TOTAL_BYTES = 64 * 1024 * 1024
 FETCH_WAIT_MS = 100
 RETRY_BACKOFF_S = 0.5
-READ_UNCOMMITTED = 0  # isolation level of the Fetch request (bulk_restorable excludes transactions)
+# Isolation level of the Fetch request: committed records only, up to the last stable offset.
+# The changelog writers are transactional (tables/fence.py): records of a fenced or aborted
+# transaction are in the log and are skipped here as aiokafka's own fetcher skips them.
+READ_COMMITTED = 1
 # Faust wraps ``_build_offsets`` in ``broker_request_timeout``, and a timeout there stops its
 # recovery service for good; a round of catch-up ends this long before it, and the next round goes on.
 ROUND_MARGIN_S = 20.0
@@ -139,7 +143,7 @@ class _Unfetchable(Exception):
     """A partition this restore leaves to Faust's own path (e.g. its offset is out of the log's range)."""
 
 
-async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, list[Any]]:
+async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, tuple[list[Any], int]]:
     """One Fetch request per leader for ``positions``; each partition's record batches (data, not control).
 
     The raw batches of the response are handed back as they are (``DefaultRecordBatch``: records
@@ -162,9 +166,9 @@ async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, l
         topics: dict[str, list[tuple[int, int, int]]] = {}
         for tp in tps:
             topics.setdefault(tp.topic, []).append((tp.partition, positions[tp], FETCH_PARTITION_BYTES))
-        request = FetchRequest(FETCH_WAIT_MS, 1, FETCH_TOTAL_BYTES, READ_UNCOMMITTED, list(topics.items()))
+        request = FetchRequest(FETCH_WAIT_MS, 1, FETCH_TOTAL_BYTES, READ_COMMITTED, list(topics.items()))
         requests.append(client.send(leader, request))
-    fetched: dict[TP, list[Any]] = {}
+    fetched: dict[TP, tuple[list[Any], int]] = {}
     stale_metadata = False
     for response in await asyncio.gather(*requests):
         for topic, partitions in response.topics:
@@ -172,13 +176,7 @@ async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, l
                 tp = TP(topic, partition)
                 error = Errors.for_code(error_code)
                 if error is Errors.NoError:
-                    records = MemoryRecords(data[-1])
-                    batches = []
-                    while records.has_next():
-                        batch = records.next_batch()
-                        if not batch.is_control_batch:
-                            batches.append(batch)
-                    fetched[tp] = batches
+                    fetched[tp] = committed_batches(MemoryRecords(data[-1]), _aborted(response.API_VERSION, data))
                 elif getattr(error, "invalid_metadata", False) or error.retriable:
                     stale_metadata = True  # leader moved, broker restarting: ask again after a refresh
                 else:
@@ -186,6 +184,55 @@ async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, l
     if stale_metadata:
         await client.force_metadata_update()
     return fetched
+
+
+def _aborted(api_version: int, data: list[Any]) -> list[tuple[int, int]]:
+    """The aborted transactions ``(producer id, first offset)`` of one partition of a Fetch response."""
+    if api_version >= 11:  # [lso, log_start_offset, aborted_transactions, preferred_read_replica, records]
+        aborted = data[2]
+    elif api_version >= 4:  # [lso, (log_start_offset,) aborted_transactions, records]
+        aborted = data[-2]
+    else:
+        aborted = None
+    return [(int(pid), int(first)) for pid, first in aborted or ()]
+
+
+def committed_batches(records: Any, aborted: list[tuple[int, int]]) -> tuple[list[Any], int]:
+    """The data batches of a read_committed fetch, without those of aborted transactions.
+
+    Kafka returns the records of aborted transactions with the list of them (KIP-98): a
+    transactional batch of a producer is aborted from the aborted transaction's first offset up
+    to that producer's abort marker. Control batches (commit and abort markers) are dropped.
+
+    Args:
+        records: aiokafka ``MemoryRecords`` of one partition.
+        aborted: ``(producer id, first offset)`` of the aborted transactions in the response.
+
+    Returns:
+        The batches to apply, and the offset after the last batch of the response (skipped ones
+        included: the position to fetch from next; -1 when there was none).
+    """
+    pending = sorted(aborted, key=lambda item: item[1])
+    aborting: set[int] = set()
+    batches = []
+    end = -1
+    while records.has_next():
+        batch = records.next_batch()
+        end = max(end, batch.next_offset)
+        producer_id = batch.producer_id
+        if producer_id is not None and producer_id >= 0:
+            while pending and pending[0][1] <= batch.base_offset:
+                aborting.add(pending.pop(0)[0])
+            if batch.is_control_batch:
+                control = next(iter(batch), None)
+                if control is not None and ControlRecord.parse(control.key) == ABORT_MARKER:
+                    aborting.discard(producer_id)
+                continue
+            if batch.is_transactional and producer_id in aborting:
+                continue
+        if not batch.is_control_batch:
+            batches.append(batch)
+    return batches, end
 
 
 async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP], highwaters: Counter[TP],
@@ -235,11 +282,12 @@ async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP],
                 fetched = {}
                 await asyncio.sleep(RETRY_BACKOFF_S)
                 client.force_metadata_update()
-            for tp, batches in fetched.items():
+            for tp, (batches, end) in fetched.items():
                 store = pending.get(tp)
                 if store is None:
                     continue
                 position = positions[tp]
+                positions[tp] = max(position, end)  # past skipped batches (aborted, markers) too
                 batch = rocksdict.WriteBatch(raw_mode=True)
                 last = -1
                 for record_batch in batches:

@@ -37,6 +37,7 @@ from vsync_stream.names import ENTRIES_TABLE, changelog_topic
 from vsync_stream.reconciliation import Reconciler
 from vsync_stream.settings import Settings
 from vsync_stream.tables.entries import EntriesTable
+from vsync_stream.tables.fence import ChangelogWriters
 from vsync_stream.tables.restore import BulkTableManager
 from vsync_stream.verification import Verifier
 from vsync_stream.web import register_views
@@ -142,6 +143,11 @@ class VsyncApp:
             self.faust, name=ENTRIES_TABLE, default=None, partitions=settings.partitions, key_type=bytes,
             value_type=bytes, options=rocksdb_options(settings), beacon=self.faust.tables.beacon)
         self.faust.tables.add(self.entries)
+        if settings.changelog_fencing:  # one transactional writer per active changelog partition (tables/fence.py)
+            self.entries.writers = ChangelogWriters(
+                changelog_topic(self.faust.conf.id, ENTRIES_TABLE), settings.kafka_bootstrap,
+                self.kafka_security.client_kwargs(), max_batch_size=CLIENT_TUNING["producer_max_batch_size"])
+            self.entries.source_topic = settings.key_events_topic
         token = settings.cluster_token.get_secret_value() if settings.cluster_token is not None else None
         self.cluster = Cluster(self.faust, self.entries, settings.partitions, token, settings.cluster_timeout_s)
         self.faust.before_consuming = [self._ensure_topics]

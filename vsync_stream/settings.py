@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     partitions: int = Field(8, ge=1, le=1024, description="Partitions of the key-events topic and of the table changelogs [env: VSYNC_PARTITIONS]")
     replication_factor: int = Field(1, ge=1, description="Replication factor of the topics the product creates [env: VSYNC_REPLICATION_FACTOR]")
     standby_replicas: int = Field(1, ge=0, description="Standby replicas kept of each table partition [env: VSYNC_STANDBY_REPLICAS]")
+    changelog_fencing: bool = Field(True, description="Write each fold batch's changelog records as one Kafka transaction of the partition's own transactional id, so a worker that missed a rebalance (paused, stopped) is fenced and cannot overwrite the new owner's rows; restores and standbys read committed records only [env: VSYNC_CHANGELOG_FENCING]")
 
     # --- external systems ---
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, host:port[,host:port] [env: VSYNC_KAFKA_BOOTSTRAP]")

@@ -133,3 +133,14 @@ def key_problem(key_type: KeyType, key: str) -> tuple[str, str] | None:
         if not _EVP.fullmatch(key):
             return "evp_format", "EVP key must be a lower-case UUID version 4"
     return None
+
+
+def guess_key_type(key: str) -> KeyType | None:
+    """The key type whose format ``key`` has (a CPF and a CNPJ by length and check digits), or None.
+
+    Used where only the key is known (masking an audited lookup of a key that is not in the table).
+    """
+    for key_type in KEY_TYPES:
+        if key_problem(key_type, key) is None:
+            return key_type
+    return None
