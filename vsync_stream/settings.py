@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Bearer tokens allowed to change state or see personal data, comma-separated [env: VSYNC_API_TOKENS]")
     api_tokens_file: Path | None = Field(None, description="File with one bearer token per line, added to api_tokens [env: VSYNC_API_TOKENS_FILE]")
+    cluster_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Advertised URLs of every worker of the app id (comma-separated, e.g. https://w1:16066,https://w2:16066): the cluster token is sent only to these; empty = only to URLs of this worker's own scheme and host [env: VSYNC_CLUSTER_URLS]")
+    web_tls_cert: Path | None = Field(None, description="PEM certificate chain the web view serves HTTPS with (worker-to-worker calls included); set together with VSYNC_WEB_TLS_KEY; unset = plain HTTP [env: VSYNC_WEB_TLS_CERT]")
+    web_tls_key: Path | None = Field(None, description="PEM private key of VSYNC_WEB_TLS_CERT [env: VSYNC_WEB_TLS_KEY]")
+    cluster_tls_ca: Path | None = Field(None, description="PEM CA that signs the other workers' web view certificates, for https:// cluster URLs; unset = the system CAs [env: VSYNC_CLUSTER_TLS_CA]")
     cluster_token: SecretStr | None = Field(None, description="Shared secret the workers of one app id use between themselves for routed queries (scope cluster only); the same on every worker, at least 16 characters [env: VSYNC_CLUSTER_TOKEN]")
     max_request_bytes: int = Field(65536, ge=1024, description="Largest request body the web view accepts, bytes; larger ones get 413 [env: VSYNC_MAX_REQUEST_BYTES]")
     log_level: str = Field("info", description="Log level of the worker [env: VSYNC_LOG_LEVEL]")
@@ -130,6 +134,18 @@ class Settings(BaseSettings):
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         return _csv(value)
+
+    @field_validator("cluster_urls", mode="before")
+    @classmethod
+    def _split_cluster_urls(cls, value: object) -> object:
+        return _csv(value)
+
+    @field_validator("cluster_urls")
+    @classmethod
+    def _check_cluster_urls(cls, value: list[str]) -> list[str]:
+        from vsync_stream.cluster import origin_of
+
+        return [origin_of(url) for url in value]  # raises ValueError naming the bad URL
 
     def tokens(self) -> list[str]:
         """The bearer tokens that may change state (scope ``operate``), from ``api_tokens`` and ``api_tokens_file``.
