@@ -72,18 +72,21 @@ class ChangelogWriters:
         return set(self._producers)
 
     async def own(self, partitions: Iterable[int]) -> None:
-        """Hold writers for exactly ``partitions``: fence the previous owner of each new one, close the rest.
+        """Hold fresh writers for exactly ``partitions``: fence the previous owner of each, close the rest.
 
-        Must complete before the new partitions' changelogs are read for restore: a record the
-        previous owner commits before the fence is then restored, and none can follow it.
+        Called on every rebalance. Every writer is initialised again, kept partitions included: a
+        worker that was itself fenced while it missed a rebalance, and got a partition back, would
+        otherwise keep a producer whose epoch is no longer the latest and fail at its next commit.
+        Must complete before the partitions' changelogs are read for restore: a record the previous
+        owner commits before the fence is then restored, and none can follow it.
 
         Raises:
             aiokafka.errors.KafkaError: a writer could not be initialised (Kafka unreachable).
         """
         wanted = set(partitions)
-        gone = [p for p in self._producers if p not in wanted]
+        gone = list(self._producers)
         await asyncio.gather(*(self._close(p) for p in gone))
-        new = sorted(wanted - set(self._producers))
+        new = sorted(wanted)
         if not new:
             return
         started = await asyncio.gather(*(self._start(p) for p in new))
