@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from vsync_stream.auth import Scope
 from vsync_stream.cluster import HOPS_HEADER, MAX_HOPS, Forwarded, local_pair_cids, parse_pair_cids_query
 from vsync_stream.domain.fold import EntryState
-from vsync_stream.domain.keys import guess_key_type
+from vsync_stream.domain.keys import guess_key_type, is_ascii_digits
 from vsync_stream.domain.masking import mask_key
 from vsync_stream.errors import StateNotReady, VsyncError
 from vsync_stream.metrics import MetricsRefresher
@@ -215,7 +215,10 @@ def register_views(vapp: VsyncApp) -> None:
     @app.page("/verifications")
     async def verifications_view(self: View, request: Request) -> Response:
         try:
-            limit = max(1, min(int(request.query.get("limit", "100")), 1000))
+            text = request.query.get("limit", "100")
+            if not is_ascii_digits(text) or not text:
+                raise ValueError(text)
+            limit = max(1, min(int(text), 1000))
         except ValueError:
             return self.json({"error": "limit must be an integer from 1 to 1000"}, status=400)
         try:
@@ -431,7 +434,9 @@ def register_views(vapp: VsyncApp) -> None:
 
 
 def _int(text: str, default: int = 0) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        return default
+    """``text`` as an integer when it is ASCII digits with an optional ``-``, else ``default``.
+
+    ``int()`` alone also takes Unicode digits, spaces, ``+`` and ``_`` (issue #14, item 6).
+    """
+    body = text[1:] if text.startswith("-") else text
+    return int(text) if is_ascii_digits(body) and body else default

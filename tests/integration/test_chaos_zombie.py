@@ -9,8 +9,8 @@ the changelog writers are fenced Kafka transactions (``tables/fence.py``). At th
 * the committed changelog, read as compaction would keep it (the last value per key), holds
   exactly those VSyncs, and each partition's source-offset marker is its last folded offset;
 * a fresh worker (empty data directory) restored from the changelog alone serves them too;
-* published = forwarded to Kafka + dead-lettered, and the key-events records = folded + duplicate
-  + stale by the independent fold.
+* published = forwarded to Kafka (distinct events; a redelivered copy is allowed) + dead-lettered,
+  and the key-events records = folded + duplicate + stale by the independent fold.
 
 ``VSYNC_CHAOS_ZOMBIE_EVENTS`` / ``VSYNC_CHAOS_ZOMBIE_STOPS`` size the run (``make chaos`` runs it
 bigger); the figures are printed.
@@ -232,7 +232,15 @@ async def test_a_sigstopped_zombie_worker_cannot_overwrite_the_new_owner(
     folded_vsyncs, outcomes = fold_topic(key_events)
     letters = await read_dead_letters(kafka_bootstrap, pipeline.dead_letter_topic, len(bad))
     assert folded_vsyncs == expected
-    assert pipeline.published == len(history) + len(bad) == len(key_events) + len(letters)
+    # A message the stopped worker's adapter had in flight is redelivered by Pulsar to the other
+    # one, and may still be forwarded by the zombie when it runs again: Kafka may hold it twice
+    # (at-least-once, invariant I3), the fold counts the copy as a duplicate.
+    published_ids = Counter(event.event_id for event in history)
+    forwarded_ids = Counter(decode_change(r.value).event_id for r in key_events)
+    assert set(forwarded_ids) == set(published_ids)
+    assert all(forwarded_ids[i] >= n for i, n in published_ids.items())
+    redelivered = len(key_events) - len(history)
+    assert pipeline.published == len(history) + len(bad) == len(key_events) - redelivered + len(letters)
     assert outcomes["applied"] + outcomes["duplicate"] + outcomes["stale"] == len(key_events)
 
     # The committed changelog, as compaction keeps it, is exact; each marker is its partition's last offset.
@@ -251,8 +259,9 @@ async def test_a_sigstopped_zombie_worker_cannot_overwrite_the_new_owner(
     restored = await wait_for("the fresh worker serving", lambda: served(fresh, 1), 120)
     assert restored == expected
 
-    print(f"\nzombie chaos: {pipeline.published} published = {len(key_events)} forwarded + {len(letters)} "
-          f"dead-lettered; independent fold: {outcomes['applied']} folded + {outcomes['duplicate']} duplicate + "
+    print(f"\nzombie chaos: {pipeline.published} published = {len(key_events) - redelivered} forwarded + "
+          f"{len(letters)} dead-lettered ({redelivered} forwarded twice after the stops); independent fold of "
+          f"the {len(key_events)} records: {outcomes['applied']} folded + {outcomes['duplicate']} duplicate + "
           f"{outcomes['stale']} stale; {stops} SIGSTOPs past the {SESSION_TIMEOUT_S:.0f} s session timeout, "
           f"{fenced} zombies fenced (exit 70); {len(expected)} VSyncs exact (served, topic fold, committed "
           f"changelog, fresh restore)")

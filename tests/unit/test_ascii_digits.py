@@ -120,3 +120,11 @@ def test_the_cid_command_warns_about_a_unicode_digit_key(tmp_path: Path) -> None
     result = CliRunner().invoke(cid_command, [str(path)])
     assert result.exit_code == 0
     assert "key_not_ascii" in result.stderr
+
+
+def test_web_integers_take_ascii_digits_only() -> None:
+    from vsync_stream.web import _int
+
+    assert _int("3", -1) == 3 and _int("-2") == -2
+    for text in ("\u0663", "\uff13", " 3", "+3", "3_0", "", "-"):
+        assert _int(text, -1) == -1, text
