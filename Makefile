@@ -92,10 +92,13 @@ test: install system-deps lint
 
 # The full fault-injection run (200,000 events, SIGKILLs, Kafka and Pulsar restarts), figures printed.
 # The reduced run is part of `make test`. VSYNC_CHAOS_SEED=<n> picks another stream and fault moments.
+# Then the SIGSTOP zombie case (tests/integration/test_chaos_zombie.py) with 30,000 events and 4 stops.
 chaos: install
 	$(STACK_UP)
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/pytest -s -m chaos_full tests/integration/test_chaos.py $(PYTEST_ARGS) || rc=$$?; \
+	  VSYNC_CHAOS_ZOMBIE_EVENTS=$${VSYNC_CHAOS_ZOMBIE_EVENTS:-30000} VSYNC_CHAOS_ZOMBIE_STOPS=$${VSYNC_CHAOS_ZOMBIE_STOPS:-4} \
+	    $(BIN)/pytest -s tests/integration/test_chaos_zombie.py $(PYTEST_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 
 # Pure unit tests only: no broker needed.

@@ -30,11 +30,14 @@ from faust.tables.base import Collection
 from faust.tables.manager import TableManager as _FaustTableManager
 from faust.tables.recovery import Recovery as _FaustRecovery
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as _FaustConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as _FaustAIOKafkaConsumer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.queues import ThrowableQueue
+
+from vsync_stream.bridges import aiokafka_seam
 
 __all__ = [
     "ACTIVE", "CONTRACT", "TESTED_WITH", "Collection", "Consumer", "Recovery", "RocksStore", "TableManager",
@@ -57,6 +60,8 @@ CONTRACT: list[tuple[Any, str, tuple[str, ...] | None]] = [
     (_FaustAIOKafkaConsumer, "_add_gap", ("self", "tp", "offset_from", "offset_to")),
     (_FaustAIOKafkaConsumer, "wait_empty", ("self",)),
     (_FaustAIOKafkaConsumer, "perform_seek", ("self",)),
+    (_FaustAIOKafkaConsumer, "_new_consumer_thread", ("self",)),
+    (_FaustConsumerThread, "_create_worker_consumer", ("self", "transport")),
     # instance attributes set by Consumer.__init__ (checked on a consumer built by the test)
     (_FaustAIOKafkaConsumer, "_read_offset", None),
     (_FaustAIOKafkaConsumer, "_committed_offset", None),
@@ -76,6 +81,22 @@ CONTRACT: list[tuple[Any, str, tuple[str, ...] | None]] = [
 
 
 # -- the consumer: Faust's aiokafka consumer with its fetch loop and ack bookkeeping exposed ------
+class _ReadCommittedConsumerThread(_FaustConsumerThread):  # type: ignore[misc]
+    """Faust's aiokafka consumer thread whose consumer reads committed records only.
+
+    The table changelogs are written in transactions (``tables/fence.py``): a standby, and Faust's
+    own recovery path, must not apply the records of a fenced writer's aborted transaction. Faust
+    reads ``read_committed`` only with ``processing_guarantee="exactly_once"``, which would also
+    route every commit through its transaction manager; here only the isolation level changes
+    (the key-events topic is not transactional, so it reads the same either way).
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        aiokafka_seam.set_read_committed(consumer)
+        return consumer
+
+
 class Consumer(_FaustAIOKafkaConsumer):  # type: ignore[misc]
     """Faust's aiokafka consumer whose fetch loop is :meth:`drain`, with its bookkeeping as methods.
 
@@ -85,6 +106,9 @@ class Consumer(_FaustAIOKafkaConsumer):  # type: ignore[misc]
     """
 
     fetching_flag = CONSUMER_FETCHING  # the diag flag Faust's loop sets while it fetches
+
+    def _new_consumer_thread(self) -> Any:
+        return _ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         await self.drain(lambda: bool(fetcher.should_stop))

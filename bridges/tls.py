@@ -7,6 +7,7 @@ environment variable to fix rather than failing later, in a background task, wit
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
@@ -64,3 +65,45 @@ def bridge_tls_kwargs(settings: Settings) -> BridgeTlsFiles:
     if (key := readable_file(settings.bridge_tls_key, "VSYNC_BRIDGE_TLS_KEY")) is not None:
         found["private_key_path"] = key
     return found
+
+
+def web_server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the web view's server (``VSYNC_WEB_TLS_CERT`` + ``VSYNC_WEB_TLS_KEY``), or None.
+
+    The web view carries the worker-to-worker calls (``/internal/*``, forwarded requests with the
+    cluster token), so with several workers it should be served over TLS.
+
+    Raises:
+        ConfigurationError: only one of the two is set, a file is missing, or they do not load.
+    """
+    cert = readable_file(settings.web_tls_cert, "VSYNC_WEB_TLS_CERT")
+    key = readable_file(settings.web_tls_key, "VSYNC_WEB_TLS_KEY")
+    if (cert is None) != (key is None):
+        raise ConfigurationError("TLS of the web view needs both VSYNC_WEB_TLS_CERT and VSYNC_WEB_TLS_KEY; set both, "
+                                 "or neither for plain HTTP")
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise ConfigurationError(f"VSYNC_WEB_TLS_CERT={cert} / VSYNC_WEB_TLS_KEY={key} do not load as a PEM "
+                                 f"certificate chain and its key ({exc.reason})") from None
+    return context
+
+
+def cluster_client_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context a worker verifies its peers' web views with (``https://`` cluster URLs).
+
+    ``VSYNC_CLUSTER_TLS_CA`` names the CA that signs the workers' certificates; unset, the system
+    CAs verify them. Hostnames are checked against the certificates.
+
+    Raises:
+        ConfigurationError: the CA file is missing or holds no usable certificate.
+    """
+    cafile = readable_file(settings.cluster_tls_ca, "VSYNC_CLUSTER_TLS_CA")
+    try:
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cafile) if cafile else None)
+    except ssl.SSLError as exc:
+        raise ConfigurationError(f"VSYNC_CLUSTER_TLS_CA={cafile} holds no usable PEM certificate ({exc.reason})") \
+            from None

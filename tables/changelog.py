@@ -10,6 +10,10 @@ builder, the store's persisted changelog offset is set once, to its last record 
 
 Faust's commit flushes this same aiokafka producer before committing source offsets, so a source
 offset is never committed ahead of the changelog records of its events.
+
+When the table has fenced writers (``tables/fence.py``, the default: ``VSYNC_CHANGELOG_FENCING``),
+a fold batch's records are one Kafka transaction of the partition's own transactional producer,
+committed before the call returns; a writer fenced by a newer owner stops the worker (exit 70).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 from faust.types import TP
 
@@ -44,6 +48,10 @@ async def produce_changelog(table: Any, partition: int, items: dict[bytes, bytes
         aiokafka.errors.KafkaError: the producer could not take the batch (e.g. timed out).
     """
     app = table.app
+    writers = getattr(table, "writers", None)
+    if writers is not None:
+        await _produce_fenced(table, writers, partition, items)
+        return
     if app.in_transaction or app.conf.producer_threaded:
         # Faust's per-record path: its transaction manager tracks the offsets there.
         for key, value in items.items():
@@ -79,3 +87,51 @@ async def _send(table: Any, client: Any, builder: Any, topic: str, partition: in
         table.data.set_persisted_offset(tp, fut.result().offset + count - 1)
 
     delivery.add_done_callback(delivered)
+
+
+async def _produce_fenced(table: Any, writers: Any, partition: int, items: dict[bytes, bytes]) -> None:
+    """Produce ``items`` as one transaction of the partition's fenced writer and wait for its commit.
+
+    A partition this worker holds no writer for (given away in a rebalance it has not seen yet,
+    or never owned) is not written: the worker stops, as for a fenced writer.
+    """
+    topic = table.changelog_topic.get_topic_name()
+    held = writers.writer(partition)
+    if held is None:
+        _stop(f"no changelog writer for partition {partition} of {topic}: the partition was given to another "
+              "worker", len(items))
+    producer, lock = held
+    deliveries: list[tuple[asyncio.Future[Any], int]] = []
+    try:
+        async with lock:
+            await producer.begin_transaction()
+            builder = producer.create_batch()
+            for key, value in items.items():
+                if builder.append(timestamp=None, key=key, value=value) is None:  # builder full
+                    deliveries.append((await producer.send_batch(builder, topic, partition=partition),
+                                       builder.record_count()))
+                    builder = producer.create_batch()
+                    if builder.append(timestamp=None, key=key, value=value) is None:
+                        raise ValueError(f"a changelog record of {len(key) + len(value)} bytes exceeds the "
+                                         "producer's batch size (producer_max_batch_size)")
+            if builder.record_count():
+                deliveries.append((await producer.send_batch(builder, topic, partition=partition),
+                                   builder.record_count()))
+            await producer.commit_transaction()
+            last = -1
+            for delivery, count in deliveries:
+                last = max(last, (await delivery).offset + count - 1)
+    except (ValueError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # fenced (ProducerFenced, InvalidProducerEpoch) or Kafka failed the commit
+        _stop(f"changelog transaction of {len(items)} records to {topic}[{partition}] failed "
+              f"({type(exc).__name__}: {exc}); a newer owner may have fenced this worker", len(items))
+    if last >= 0:
+        table.data.set_persisted_offset(TP(topic, partition), last)
+
+
+def _stop(why: str, count: int) -> NoReturn:
+    log.critical("%s; stopping the worker without committing the %d records' events (they are replayed by the "
+                 "partition's owner)", why, count)
+    logging.shutdown()
+    os._exit(EXIT_CHANGELOG_FAILED)

@@ -24,6 +24,7 @@ from vsync_stream.domain.fold import EntryState
 from vsync_stream.domain.vsync import VSyncLedger
 from vsync_stream.metrics import LEDGER_DRIFT
 from vsync_stream.tables.changelog import produce_changelog
+from vsync_stream.tables.fence import ChangelogWriters
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,14 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         self.checks = 0  # ledger checks run (after recovery and on demand)
         self.drift_events = 0  # partitions found drifted, ever (each one repaired)
         self.last_drift: list[int] = []
+        self.writers: ChangelogWriters | None = None  # fenced changelog writers (tables/fence.py), when enabled
+        self.source_topic: str | None = None  # the key-events topic, whose partitions are this table's
+
+    async def on_stop(self) -> None:
+        """Close the changelog writers with the table."""
+        await super().on_stop()
+        if self.writers is not None:
+            await self.writers.stop()
 
     # -- rebalance and recovery -------------------------------------------------------------
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
@@ -73,6 +82,13 @@ class EntriesTable(faust.Table):  # type: ignore[misc]
         self.generation = generation_id
         for tp in revoked:
             self.partition_states.pop(tp.partition, None)
+        if self.writers is not None:
+            # Before any changelog partition is restored: fencing the previous owner first means
+            # every record it can still commit precedes what the restore reads (tables/fence.py).
+            topics = self.changelog_topic.topics
+            actives = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in topics}
+            actives |= {tp.partition for tp in assigned if tp.topic == self.source_topic}
+            await self.writers.own(actives)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:

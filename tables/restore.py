@@ -41,7 +41,8 @@ FETCH_PARTITION_BYTES = 16 * 1024 * 1024
 FETCH_TOTAL_BYTES = 64 * 1024 * 1024
 FETCH_WAIT_MS = 100
 RETRY_BACKOFF_S = 0.5
-# The Fetch requests read uncommitted (aiokafka_seam.READ_UNCOMMITTED): bulk_restorable excludes transactions.
+# The Fetch requests read committed (aiokafka_seam.READ_COMMITTED): the changelog writers are
+# transactional (tables/fence.py), and records of a fenced or aborted transaction are skipped.
 # Faust wraps ``_build_offsets`` in ``broker_request_timeout``, and a timeout there stops its
 # recovery service for good; a round of catch-up ends this long before it, and the next round goes on.
 ROUND_MARGIN_S = 20.0
@@ -125,7 +126,7 @@ def _client(app: Any) -> AIOKafkaClient:
 _Unfetchable = aiokafka_seam.Unfetchable
 
 
-async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, list[Any]]:
+async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, tuple[list[Any], int]]:
     """One Fetch request per leader for ``positions``; each partition's record batches (data, not control).
 
     The raw batches of the response are handed back as they are (``DefaultRecordBatch``: records
@@ -138,6 +139,7 @@ async def _fetch(client: AIOKafkaClient, positions: dict[TP, int]) -> dict[TP, l
     """
     return await aiokafka_seam.fetch_record_batches(client, positions, partition_bytes=FETCH_PARTITION_BYTES,
                                                     total_bytes=FETCH_TOTAL_BYTES, wait_ms=FETCH_WAIT_MS)
+
 
 
 async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP], highwaters: Counter[TP],
@@ -187,11 +189,12 @@ async def catch_up(app: Any, stores: dict[TP, RocksStore], offsets: Counter[TP],
                 fetched = {}
                 await asyncio.sleep(RETRY_BACKOFF_S)
                 client.force_metadata_update()
-            for tp, batches in fetched.items():
+            for tp, (batches, end) in fetched.items():
                 store = pending.get(tp)
                 if store is None:
                     continue
                 position = positions[tp]
+                positions[tp] = max(position, end)  # past skipped batches (aborted, markers) too
                 batch = rocksdict.WriteBatch(raw_mode=True)
                 last = -1
                 for record_batch in batches:

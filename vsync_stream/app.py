@@ -27,7 +27,7 @@ from vsync_stream.bridges.kafka_topics import ensure_topics, product_topics
 from vsync_stream.bridges.pacing import parse_rate_limits
 from vsync_stream.bridges.pulsar_security import pulsar_client_options
 from vsync_stream.bridges.pulsar_source import PulsarSource
-from vsync_stream.bridges.tls import bridge_tls_kwargs
+from vsync_stream.bridges.tls import bridge_tls_kwargs, cluster_client_ssl_context, web_server_ssl_context
 from vsync_stream.cluster import Cluster
 from vsync_stream.dead_letters import dead_letter_record
 from vsync_stream.domain.events import KeyChange, encode_change
@@ -37,6 +37,7 @@ from vsync_stream.names import ENTRIES_TABLE, changelog_topic
 from vsync_stream.reconciliation import Reconciler
 from vsync_stream.settings import Settings
 from vsync_stream.tables.entries import EntriesTable
+from vsync_stream.tables.fence import ChangelogWriters
 from vsync_stream.tables.restore import BulkTableManager
 from vsync_stream.verification import Verifier
 from vsync_stream.web import register_views
@@ -104,6 +105,7 @@ class VsyncApp:
         self.kafka_security = kafka_security(settings)
         self.pulsar_options = pulsar_client_options(settings)
         self.bridge_tls = bridge_tls_kwargs(settings)
+        web_tls = web_server_ssl_context(settings)  # HTTPS of the web view, worker-to-worker calls included
         self.faust = _FaustApp(
             settings.app_id,
             broker=settings.kafka_broker_url,
@@ -123,7 +125,9 @@ class VsyncApp:
             web_host=settings.web_host,
             web_bind=settings.web_host,
             web_port=settings.web_port,
-            canonical_url=settings.web_advertised_url or f"http://{settings.web_host}:{settings.web_port}",
+            canonical_url=settings.web_advertised_url
+            or f"{'https' if web_tls else 'http'}://{settings.web_host}:{settings.web_port}",
+            web_ssl_context=web_tls,
             consumer_group_instance_id=settings.group_instance_id,
             web_in_thread=False,
             timezone=None,
@@ -142,8 +146,14 @@ class VsyncApp:
             self.faust, name=ENTRIES_TABLE, default=None, partitions=settings.partitions, key_type=bytes,
             value_type=bytes, options=rocksdb_options(settings), beacon=self.faust.tables.beacon)
         self.faust.tables.add(self.entries)
+        if settings.changelog_fencing:  # one transactional writer per active changelog partition (tables/fence.py)
+            self.entries.writers = ChangelogWriters(
+                changelog_topic(self.faust.conf.id, ENTRIES_TABLE), settings.kafka_bootstrap,
+                self.kafka_security.client_kwargs(), max_batch_size=CLIENT_TUNING["producer_max_batch_size"])
+            self.entries.source_topic = settings.key_events_topic
         token = settings.cluster_token.get_secret_value() if settings.cluster_token is not None else None
-        self.cluster = Cluster(self.faust, self.entries, settings.partitions, token, settings.cluster_timeout_s)
+        self.cluster = Cluster(self.faust, self.entries, settings.partitions, token, settings.cluster_timeout_s,
+                               settings.cluster_urls, cluster_client_ssl_context(settings))
         self.faust.before_consuming = [self._ensure_topics]
         self._bridge: BridgeClient | None = None
         self._audit: AuditStore | None = None

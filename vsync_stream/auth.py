@@ -282,6 +282,23 @@ class Authorizer:
                 granted |= scopes
         return frozenset(granted)
 
+    def caller(self, headers: Mapping[str, str]) -> str:
+        """Who sent the request, for audit records: the matching token's ``source`` (never the token).
+
+        Returns:
+            e.g. ``VSYNC_API_TOKENS item 2``; ``anonymous`` without a bearer token; ``unknown token``
+            when none matches.
+        """
+        given = bearer_token(headers)
+        if given is None:
+            return "anonymous"
+        supplied = given.encode("utf-8")
+        found = "unknown token"
+        for grant, (token, _scopes) in zip(self._grants, self._encoded, strict=True):  # no early exit
+            if hmac.compare_digest(supplied, token) and found == "unknown token":
+                found = grant.source
+        return found
+
     def effective_scopes(self, headers: Mapping[str, str]) -> frozenset[Scope]:
         """The scopes to serve the request with, taking a forwarding worker's word for its caller.
 

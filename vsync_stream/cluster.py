@@ -9,7 +9,10 @@ owner of the same group generation; otherwise :class:`StateNotReady` says which 
 is missing, and the web view answers 503 with ``Retry-After``.
 
 Workers reach each other over their web views (``VSYNC_WEB_ADVERTISED_URL``) with the shared
-``VSYNC_CLUSTER_TOKEN``. The owner of a partition comes from Faust's assignor (the assignment
+``VSYNC_CLUSTER_TOKEN``, sent only to the URLs of ``VSYNC_CLUSTER_URLS`` (by default only to URLs of
+this worker's own scheme and host): a URL in the group's assignment comes from whoever joined the
+consumer group, and must not receive the token otherwise. ``https://`` URLs are verified against
+``VSYNC_CLUSTER_TLS_CA``. The owner of a partition comes from Faust's assignor (the assignment
 carries every member's URL); the partition of a Pix key is the Kafka default partitioner's
 (murmur2 of the key bytes), the one the adapter's producer uses.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +34,7 @@ import aiohttp
 from aiokafka.partitioner import murmur2
 from yarl import URL
 
+from vsync_stream.domain.keys import is_ispb
 from vsync_stream.domain.vsync import VSyncLedger
 from vsync_stream.errors import StateNotReady
 from vsync_stream.tables.entries import EntriesTable, PartitionReport
@@ -78,12 +83,30 @@ class Cluster:
     """
 
     def __init__(self, faust_app: Any, entries: EntriesTable, partitions: int, cluster_token: str | None,
-                 timeout_s: float) -> None:
+                 timeout_s: float, cluster_urls: list[str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.app = faust_app
         self.entries = entries
         self.partitions = partitions
         self._token = cluster_token
         self.timeout_s = timeout_s
+        self._allowed = frozenset(origin_of(url) for url in cluster_urls or ())
+        self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
+
+    def may_receive_token(self, url: str) -> bool:
+        """Tell whether the cluster token may be sent to the worker at ``url``.
+
+        True when ``url``'s origin (scheme, host, port) is one of ``VSYNC_CLUSTER_URLS``; with that
+        setting empty, when its scheme and host are this worker's own.
+        """
+        try:
+            origin = origin_of(url)
+        except ValueError:
+            return False
+        if self._allowed:
+            return origin in self._allowed
+        mine, theirs = URL(origin_of(self.self_url)), URL(origin)
+        return (mine.scheme, mine.host) == (theirs.scheme, theirs.host)
 
     # -- ownership -----------------------------------------------------------------------------
     @property
@@ -140,10 +163,15 @@ class Cluster:
             return False
 
     # -- requests to other workers ------------------------------------------------------------
-    def _headers(self, scopes: str = "", hops: int = 1) -> dict[str, str]:
+    def _headers(self, url: str, scopes: str = "", hops: int = 1) -> dict[str, str]:
         if self._token is None:
             raise StateNotReady("another worker holds this state, and VSYNC_CLUSTER_TOKEN is not set: "
                                 "workers of one app id need the same cluster token to reach each other")
+        if not self.may_receive_token(url):
+            log.error("refusing to send the cluster token to %s: not one of VSYNC_CLUSTER_URLS", url,
+                      extra={"peer": url})
+            raise StateNotReady(f"the owner's URL {url} is not one of VSYNC_CLUSTER_URLS: the cluster token is not "
+                                "sent there; list every worker's advertised URL in VSYNC_CLUSTER_URLS")
         return {"Authorization": f"Bearer {self._token}", SCOPES_HEADER: scopes, HOPS_HEADER: str(hops)}
 
     async def forward(self, url: str, method: str, path_qs: str, body: bytes, scopes: str, hops: int) -> Forwarded:
@@ -160,12 +188,12 @@ class Cluster:
         Raises:
             StateNotReady: the worker did not answer (it may be restarting).
         """
-        headers = self._headers(scopes, hops + 1)
+        headers = self._headers(url, scopes, hops + 1)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         try:
             target = URL(url.rstrip("/") + path_qs, encoded=True)  # as received: no dot-segment collapsing
             async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-                    method, target, data=body or None, headers=headers) as resp:
+                    method, target, data=body or None, headers=headers, ssl=self._ssl) as resp:
                 return Forwarded(resp.status, await resp.read(), resp.content_type, resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StateNotReady(f"the owner {url} did not answer ({type(exc).__name__}); the assignment may be "
@@ -175,7 +203,7 @@ class Cluster:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-                    url.rstrip("/") + "/internal/partitions", headers=self._headers()) as resp:
+                    url.rstrip("/") + "/internal/partitions", headers=self._headers(url), ssl=self._ssl) as resp:
                 if resp.status == 503:
                     raise StateNotReady(f"worker {url} is not ready: {(await resp.text())[:200]}")
                 if resp.status != 200:
@@ -249,10 +277,11 @@ class Cluster:
     # The two methods below run in a worker thread (the reconciler's table scans), so they talk to
     # other workers with blocking urllib calls, one request per remote partition.
     def _fetch(self, url: str, path: str, body: bytes | None = None) -> bytes:
-        request = urllib.request.Request(url.rstrip("/") + path, data=body, headers=self._headers(),
+        request = urllib.request.Request(url.rstrip("/") + path, data=body, headers=self._headers(url),
                                          method="POST" if body is not None else "GET")
         try:
-            with urllib.request.urlopen(request, timeout=max(self.timeout_s, 60.0)) as resp:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=max(self.timeout_s, 60.0),  # noqa: S310
+                                        context=self._ssl) as resp:
                 data: bytes = resp.read()
                 return data
         except urllib.error.HTTPError as exc:
@@ -298,11 +327,23 @@ class Cluster:
         return found
 
 
+def origin_of(url: str) -> str:
+    """The origin ``scheme://host:port`` of a worker URL (lower case, explicit port), as compared for the token.
+
+    Raises:
+        ValueError: not an absolute ``http://`` or ``https://`` URL.
+    """
+    parsed = URL(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL of a worker's web view")
+    return f"{parsed.scheme}://{parsed.host.lower()}:{parsed.port}"
+
+
 def parse_pair_cids_query(pair: str) -> tuple[str, str]:
     """``"<participant>/<key type>"`` → (participant, key type); ValueError when malformed."""
     participant, _, key_type = pair.partition("/")
-    if not participant or not key_type:
-        raise ValueError("pair must be <participant>/<key type>")
+    if not is_ispb(participant) or not key_type:
+        raise ValueError("pair must be <participant>/<key type>, the participant an 8-digit ISPB")
     return participant, key_type
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from vsync_stream.domain.keys import KEY_TYPES
+from vsync_stream.domain.keys import KEY_TYPES, is_ispb
 
 
 def _csv(value: object) -> object:
@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     partitions: int = Field(8, ge=1, le=1024, description="Partitions of the key-events topic and of the table changelogs [env: VSYNC_PARTITIONS]")
     replication_factor: int = Field(1, ge=1, description="Replication factor of the topics the product creates [env: VSYNC_REPLICATION_FACTOR]")
     standby_replicas: int = Field(1, ge=0, description="Standby replicas kept of each table partition [env: VSYNC_STANDBY_REPLICAS]")
+    changelog_fencing: bool = Field(True, description="Write each fold batch's changelog records as one Kafka transaction of the partition's own transactional id, so a worker that missed a rebalance (paused, stopped) is fenced and cannot overwrite the new owner's rows; restores and standbys read committed records only [env: VSYNC_CHANGELOG_FENCING]")
 
     # --- external systems ---
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, host:port[,host:port] [env: VSYNC_KAFKA_BOOTSTRAP]")
@@ -95,6 +96,10 @@ class Settings(BaseSettings):
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Bearer tokens allowed to change state or see personal data, comma-separated [env: VSYNC_API_TOKENS]")
     api_tokens_file: Path | None = Field(None, description="File with one bearer token per line, added to api_tokens [env: VSYNC_API_TOKENS_FILE]")
+    cluster_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Advertised URLs of every worker of the app id (comma-separated, e.g. https://w1:16066,https://w2:16066): the cluster token is sent only to these; empty = only to URLs of this worker's own scheme and host [env: VSYNC_CLUSTER_URLS]")
+    web_tls_cert: Path | None = Field(None, description="PEM certificate chain the web view serves HTTPS with (worker-to-worker calls included); set together with VSYNC_WEB_TLS_KEY; unset = plain HTTP [env: VSYNC_WEB_TLS_CERT]")
+    web_tls_key: Path | None = Field(None, description="PEM private key of VSYNC_WEB_TLS_CERT [env: VSYNC_WEB_TLS_KEY]")
+    cluster_tls_ca: Path | None = Field(None, description="PEM CA that signs the other workers' web view certificates, for https:// cluster URLs; unset = the system CAs [env: VSYNC_CLUSTER_TLS_CA]")
     cluster_token: SecretStr | None = Field(None, description="Shared secret the workers of one app id use between themselves for routed queries (scope cluster only); the same on every worker, at least 16 characters [env: VSYNC_CLUSTER_TOKEN]")
     max_request_bytes: int = Field(65536, ge=1024, description="Largest request body the web view accepts, bytes; larger ones get 413 [env: VSYNC_MAX_REQUEST_BYTES]")
     log_level: str = Field("info", description="Log level of the worker [env: VSYNC_LOG_LEVEL]")
@@ -109,7 +114,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_participants(cls, value: list[str]) -> list[str]:
         for ispb in value:
-            if len(ispb) != 8 or not ispb.isdigit():
+            if not is_ispb(ispb):
                 raise ValueError(f"participant {ispb!r} is not an 8-digit ISPB (keep leading zeros)")
         if not value:
             raise ValueError("at least one participant ISPB is needed")
@@ -129,6 +134,18 @@ class Settings(BaseSettings):
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         return _csv(value)
+
+    @field_validator("cluster_urls", mode="before")
+    @classmethod
+    def _split_cluster_urls(cls, value: object) -> object:
+        return _csv(value)
+
+    @field_validator("cluster_urls")
+    @classmethod
+    def _check_cluster_urls(cls, value: list[str]) -> list[str]:
+        from vsync_stream.cluster import origin_of
+
+        return [origin_of(url) for url in value]  # raises ValueError naming the bad URL
 
     @property
     def kafka_broker_url(self) -> list[str]:

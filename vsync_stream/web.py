@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from vsync_stream.auth import Scope
 from vsync_stream.bridges import faust_seam
 from vsync_stream.cluster import HOPS_HEADER, MAX_HOPS, Forwarded, local_pair_cids, parse_pair_cids_query
 from vsync_stream.domain.fold import EntryState
+from vsync_stream.domain.keys import guess_key_type, is_ascii_digits
 from vsync_stream.domain.masking import mask_key
 from vsync_stream.errors import StateNotReady, VsyncError
 from vsync_stream.metrics import MetricsRefresher
@@ -36,6 +38,8 @@ from vsync_stream.status_page import CONTENT_SECURITY_POLICY, STATUS_HTML
 
 if TYPE_CHECKING:
     from vsync_stream.ports import Worker
+
+audit_log = logging.getLogger("vsync_stream.audit")
 
 RETRY_AFTER_S = "5"
 MAX_PIX_KEY_CHARS = 77  # the longest Pix key: an e-mail address (BCB DICT API)
@@ -58,6 +62,19 @@ def event_counts() -> dict[str, int]:
         "stale": _counter("vsync_events_stale_total"),
         "deadLettered": dead,
     }
+
+
+def audit_lookup(caller: str, pix_key: str, scopes: frozenset[Scope], status: int) -> None:
+    """Record one ``/entries`` lookup: who asked, the masked key, what was answered (no personal data).
+
+    One structured log line (``vsync_stream.audit`` logger, fields ``audit``, ``caller``,
+    ``maskedKey``, ``keyType``, ``status``, ``pii``); its timestamp says when.
+    """
+    key_type = guess_key_type(pix_key)
+    audit_log.info("entry lookup by %s: %s key %s answered %d", caller, key_type or "unknown", mask_key(
+        key_type or "", pix_key), status, extra={"audit": "entry_lookup", "caller": caller, "keyType": key_type,
+                                                  "maskedKey": mask_key(key_type or "", pix_key), "status": status,
+                                                  "pii": Scope.PII in scopes})
 
 
 def register_views(vapp: Worker) -> None:
@@ -163,6 +180,13 @@ def register_views(vapp: Worker) -> None:
             return refused
         if not pix_key or len(pix_key) > MAX_PIX_KEY_CHARS or pix_key in (".", "..") or not pix_key.isprintable():
             return self.json({"error": f"a Pix key has 1 to {MAX_PIX_KEY_CHARS} printable characters"}, status=400)
+        response = await lookup_entry(self, request, pix_key)
+        scopes = vapp.auth.effective_scopes(request.headers)
+        if Scope.CLUSTER not in scopes:  # audited once, where the caller's request arrived (not on relays)
+            audit_lookup(vapp.auth.caller(request.headers), pix_key, scopes, response.status)
+        return response
+
+    async def lookup_entry(self: View, request: Request, pix_key: str) -> Response:
         raw_key = pix_key.encode("utf-8")
         partition = cluster.partition_of(raw_key)
         try:
@@ -174,11 +198,14 @@ def register_views(vapp: Worker) -> None:
         if vapp.entries.recovering or partition not in vapp.entries.partition_states:
             return not_ready(self, StateNotReady(f"partition {partition} is recovering or moving to this worker"))
         raw = vapp.entries.read(partition, raw_key)
-        if raw is None:
+        pii = Scope.PII in vapp.auth.effective_scopes(request.headers)
+        state = EntryState.decode(raw) if raw is not None else None
+        # Without ``pii`` the answer must not tell who holds a CPF, phone or e-mail (issue #14,
+        # item 8): a key held by a participant this worker does not serve answers exactly as an
+        # absent key does.
+        if state is None or (not pii and state.participant not in vapp.settings.participants):
             return self.json({"error": "no such key"}, status=404)
-        state = EntryState.decode(raw)
-        shown = pix_key if Scope.PII in vapp.auth.effective_scopes(request.headers) else mask_key(
-            state.key_type, pix_key)
+        shown = pix_key if pii else mask_key(state.key_type, pix_key)
         return self.json({
             "key": shown, "keyType": state.key_type, "participant": state.participant, "cid": state.cid,
             "active": state.cid is not None, "version": state.version,
@@ -189,7 +216,10 @@ def register_views(vapp: Worker) -> None:
     @app.page("/verifications")
     async def verifications_view(self: View, request: Request) -> Response:
         try:
-            limit = max(1, min(int(request.query.get("limit", "100")), 1000))
+            text = request.query.get("limit", "100")
+            if not is_ascii_digits(text) or not text:
+                raise ValueError(text)
+            limit = max(1, min(int(text), 1000))
         except ValueError:
             return self.json({"error": "limit must be an integer from 1 to 1000"}, status=400)
         try:
@@ -405,7 +435,9 @@ def register_views(vapp: Worker) -> None:
 
 
 def _int(text: str, default: int = 0) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        return default
+    """``text`` as an integer when it is ASCII digits with an optional ``-``, else ``default``.
+
+    ``int()`` alone also takes Unicode digits, spaces, ``+`` and ``_`` (issue #14, item 6).
+    """
+    body = text[1:] if text.startswith("-") else text
+    return int(text) if is_ascii_digits(body) and body else default

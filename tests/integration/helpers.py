@@ -124,16 +124,20 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return {tp.partition: offset for tp, offset in ends.items()}
 
 
-async def read_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[TopicRecord]:
+async def read_topic(bootstrap: str, topic: str, timeout_s: float = 120.0,
+                     isolation_level: str = "read_uncommitted") -> list[TopicRecord]:
     """Read every record of every partition of ``topic``, from its start to the end offsets of now.
 
-    Compacted-away records are simply absent (offsets then have gaps).
+    Compacted-away records are simply absent (offsets then have gaps). With ``isolation_level=
+    "read_committed"`` records of aborted transactions are skipped and the end is the last stable
+    offset.
 
     Raises:
         TimeoutError: the end was not reached within ``timeout_s``.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024)
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
+                                isolation_level=isolation_level)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]

@@ -185,7 +185,10 @@ async def collect_facts(pipeline: Pipeline, kafka_bootstrap: str, stream: ChaosS
         dead_by_stage.setdefault(doc["stage"], Counter())[payload] += 1
 
     # (d) the entries changelog end to end: the newest state of every key.
-    changelog = await read_topic(kafka_bootstrap, changelog_topic(env["VSYNC_APP_ID"]), timeout_s=600)
+    # Committed records only, as restores and standbys read them (the writers are transactional: a
+    # killed worker's open transaction is aborted by its successor, and its records stay in the log).
+    changelog = await read_topic(kafka_bootstrap, changelog_topic(env["VSYNC_APP_ID"]), timeout_s=600,
+                                 isolation_level="read_committed")
     table: dict[str, EntryState] = {}
     markers: dict[int, int] = {}
     for record in sorted(changelog, key=lambda r: (r.partition, r.offset)):

@@ -40,6 +40,10 @@ BAD_INPUT: list[tuple[str, bytes]] = [
     ("key_format", orjson.dumps(event_doc(entry__keyType="CPF", entry__key="+5511987654321"))),
     ("request_id_not_uuid", orjson.dumps(event_doc(entry__requestId="req-1"))),
     ("participant_not_8_digits", orjson.dumps(event_doc(entry__account__participant="1234"))),
+    # Unicode digits (issue #14, item 6): an Arabic-Indic CPF digit passes the check digits, a
+    # fullwidth one in a phone; both are dead letters with their reason, never folded.
+    ("key_not_ascii", orjson.dumps(event_doc(entry__keyType="CPF", entry__key="\u06652998224725"))),
+    ("key_not_ascii", orjson.dumps(event_doc(entry__key="+551198765432\uff11"))),
     # over 1 MB as a dead letter if kept whole: Kafka's default record limit would block the adapter
     ("oversize", orjson.dumps(event_doc(reason="x" * 800_000))),
 ]

@@ -21,7 +21,7 @@ import jsonschema
 import orjson
 
 from vsync_stream.domain.entry import Entry
-from vsync_stream.domain.keys import KeyType, key_problem
+from vsync_stream.domain.keys import KeyType, is_ispb, key_problem
 from vsync_stream.errors import InvalidEvent
 
 ACTIONS = ("key.created", "key.updated", "key.deleted")
@@ -298,8 +298,7 @@ def decode_change(payload: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTE
     ok = (isinstance(event_id, str) and type(action) is str and action in ACTIONS and type(occurred) is int
           and (version is None or type(version) is int) and isinstance(key, str) and key
           and type(key_type) is str and key_type in _KEY_TYPE_NAMES  # a list or object is not hashable
-          and isinstance(participant, str) and len(participant) == 8
-          and participant.isdigit() and (reason is None or isinstance(reason, str)))
+          and is_ispb(participant) and (reason is None or isinstance(reason, str)))
     if ok and action == "key.deleted":
         ok = cid is None and request_id is None
     elif ok:

@@ -83,18 +83,46 @@ class FoldOutcome(NamedTuple):
     added: Contribution | None = None
 
 
-def is_older(event: KeyChange, stored: EntryState) -> bool:
-    """Tell whether ``event`` orders before the event that produced ``stored``.
+# The ordering token of an event, compared lexicographically: (has a version, version, occurredAt ms,
+# event id). See :func:`ordering_token`.
+OrderingToken = tuple[bool, int, int, str]
 
-    Versions order the events of one key where both sides carry one; otherwise ``occurredAt``
-    does (DESIGN 4.1). Ties are broken by ``occurredAt`` and then by event id, so the outcome never
-    depends on arrival order.
+
+def ordering_token(version: int | None, occurred_at_ms: int, event_id: str) -> OrderingToken:
+    """The total order of the events of one key (DESIGN 4.1, issue #14 item 5).
+
+    Events are compared by this tuple, lexicographically:
+
+    1. an event **without** a version orders before every event **with** one (a version is the
+       source's own sequence for the key: once the key's events carry versions, they decide);
+    2. then by version (both sides carry one, or both sides carry none: the value 0);
+    3. then by ``occurredAt`` (epoch ms);
+    4. then by event id (a UUID in lower case), so two distinct events never tie.
+
+    The order used to be "version where both sides carry one, else occurredAt", which is not
+    transitive: A(v2, t=100) < B(v1, t=200)? no, B < A by version; A < C(no version, t=150) and
+    C < B by time — a cycle, so the state depended on arrival order.
+
+    Returns:
+        A tuple; a smaller tuple is an older event.
     """
-    if event.version is not None and stored.version is not None:
-        mine: tuple[int, int, str] = (event.version, event.occurred_at_ms, event.event_id)
-        theirs: tuple[int, int, str] = (stored.version, stored.occurred_at_ms, stored.event_id)
-        return mine < theirs
-    return (event.occurred_at_ms, event.event_id) < (stored.occurred_at_ms, stored.event_id)
+    return (version is not None, version if version is not None else 0, occurred_at_ms, event_id)
+
+
+def is_older(event: KeyChange, stored: EntryState) -> bool:
+    """Tell whether ``event`` orders strictly before the event that produced ``stored``.
+
+    The order is total (see :func:`ordering_token`), so folding any permutation of a key's events
+    ends in the state of the greatest one.
+    """
+    return (ordering_token(event.version, event.occurred_at_ms, event.event_id)
+            < ordering_token(stored.version, stored.occurred_at_ms, stored.event_id))
+
+
+def is_same_event(event: KeyChange, stored: EntryState) -> bool:
+    """Tell whether ``event`` is a replay of the event that produced ``stored`` (same id and token)."""
+    return (event.event_id == stored.event_id and event.version == stored.version
+            and event.occurred_at_ms == stored.occurred_at_ms)
 
 
 def fold(stored: EntryState | None, event: KeyChange) -> FoldOutcome:
@@ -109,8 +137,9 @@ def fold(stored: EntryState | None, event: KeyChange) -> FoldOutcome:
         ``removed``/``added`` are the VSync contributions to XOR out/in.
     """
     if stored is not None:
-        if stored.event_id == event.event_id:
+        if is_same_event(event, stored):
             return FoldOutcome(FoldStatus.DUPLICATE, stored)
+        # A reused event id with another token is not a replay: the order decides, like any event.
         if is_older(event, stored):
             return FoldOutcome(FoldStatus.STALE, stored)
     removed: Contribution | None = None

@@ -18,10 +18,29 @@ class KeyType(StrEnum):
 
 KEY_TYPES: tuple[KeyType, ...] = tuple(KeyType)
 
-_CPF = re.compile(r"\d{11}")
-_CNPJ = re.compile(r"\d{14}")
+# Digits are ASCII 0-9 only: Python's ``\d`` (and ``str.isdigit``) also match Arabic-Indic,
+# fullwidth and other Unicode digits, which ``int()`` then reads as 0-9, so a CPF written with them
+# would pass its check digits and hash to a CID the DICT never holds (issue #14, item 6).
+_CPF = re.compile(r"[0-9]{11}")
+_CNPJ = re.compile(r"[0-9]{14}")
 # E.164 with the leading '+', as the DICT stores phone keys.
-_PHONE = re.compile(r"\+[1-9]\d{1,14}")
+_PHONE = re.compile(r"\+[1-9][0-9]{1,14}")
+_ISPB = re.compile(r"[0-9]{8}")
+
+
+def is_ascii_digits(text: object, length: int | None = None) -> bool:
+    """Tell whether ``text`` is a string of ASCII digits 0-9 only (of exactly ``length``, if given).
+
+    Use this, never ``str.isdigit`` or ``\\d``, wherever a key, ISPB or tax id is checked: those
+    accept every Unicode decimal digit (U+0660..U+0669, U+FF10..U+FF19, ...).
+    """
+    return (isinstance(text, str) and text.isascii() and text.isdigit()
+            and (length is None or len(text) == length))
+
+
+def is_ispb(text: object) -> bool:
+    """Tell whether ``text`` is an ISPB: exactly 8 ASCII digits, as a string (leading zeros kept)."""
+    return isinstance(text, str) and _ISPB.fullmatch(text) is not None
 # The DICT's e-mail pattern (lower case only), at most 77 characters.
 _EMAIL = re.compile(
     r"[a-z0-9.!#$&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -74,6 +93,9 @@ def cnpj_is_valid(cnpj: str) -> bool:
     return cnpj[12] == str(first) and cnpj[13] == str(second)
 
 
+_DIGIT_TYPES = frozenset({KeyType.CPF, KeyType.CNPJ, KeyType.PHONE})
+
+
 def key_problem(key_type: KeyType, key: str) -> tuple[str, str] | None:
     """Check a Pix key against the format of its key type.
 
@@ -85,6 +107,8 @@ def key_problem(key_type: KeyType, key: str) -> tuple[str, str] | None:
         None when the key is valid, else ``(code, reason)``: a short machine code (used as a
         metric label and in dead-letter records) and a human-readable reason.
     """
+    if key_type in _DIGIT_TYPES and not key.isascii():
+        return "key_not_ascii", f"{key_type.value} key must use ASCII digits 0-9 only (found a non-ASCII character)"
     if key_type is KeyType.CPF:
         if not _CPF.fullmatch(key):
             return "key_format", "CPF key must be exactly 11 digits"
@@ -108,4 +132,15 @@ def key_problem(key_type: KeyType, key: str) -> tuple[str, str] | None:
     elif key_type is KeyType.EVP:
         if not _EVP.fullmatch(key):
             return "evp_format", "EVP key must be a lower-case UUID version 4"
+    return None
+
+
+def guess_key_type(key: str) -> KeyType | None:
+    """The key type whose format ``key`` has (a CPF and a CNPJ by length and check digits), or None.
+
+    Used where only the key is known (masking an audited lookup of a key that is not in the table).
+    """
+    for key_type in KEY_TYPES:
+        if key_problem(key_type, key) is None:
+            return key_type
     return None

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vsync_stream.domain.entry import AccountType, Entry, OwnerType
-from vsync_stream.domain.keys import EMAIL_MAX_LENGTH, KeyType
+from vsync_stream.domain.keys import EMAIL_MAX_LENGTH, KeyType, is_ispb
 
 # BCB, "Estatísticas do Pix: estoque de chaves por tipo" (rounded), plus 1 % spread evenly.
 KEY_TYPE_WEIGHTS: dict[KeyType, float] = {
@@ -72,7 +72,6 @@ EMAIL_DOMAINS = (
 _NOT_EMAIL_SAFE = re.compile(r"[^a-z0-9]+")
 _OPENING_START = datetime(1990, 1, 1, 3, tzinfo=UTC)
 _OPENING_DAYS = (datetime(2025, 12, 31, 3, tzinfo=UTC) - _OPENING_START).days
-_ISPB = re.compile(r"\d{8}")
 _OWNER_RING = 1000  # recent owners that may hold another key (one person, several keys)
 
 
@@ -187,7 +186,7 @@ class PopulationGenerator:
         if not participants:
             raise ValueError("at least one participant ISPB is needed")
         for ispb in participants:
-            if not isinstance(ispb, str) or not _ISPB.fullmatch(ispb):
+            if not isinstance(ispb, str) or not is_ispb(ispb):
                 raise ValueError("a participant ISPB is 8 digits as a string, e.g. '00000208'")
         if participant_weights is not None and len(participant_weights) != len(participants):
             raise ValueError("give one weight per participant")

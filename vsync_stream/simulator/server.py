@@ -28,7 +28,7 @@ from vsync_stream.bridges.generated import vsync_bridge_pb2 as pb
 from vsync_stream.bridges.generated import vsync_bridge_pb2_grpc as pb_grpc
 from vsync_stream.bridges.pacing import DICT_RATE_LIMITS, RateLimit
 from vsync_stream.domain.cid import normalise_cid
-from vsync_stream.domain.keys import KeyType
+from vsync_stream.domain.keys import KeyType, is_ispb
 from vsync_stream.simulator.cid_files import DEFAULT_CHUNK_BYTES, CidFileJob, CidFileStore
 from vsync_stream.simulator.model import DictModel
 
@@ -371,7 +371,7 @@ def _ceil_ms(stamp: Timestamp) -> int:
 
 
 async def _participant(value: str, context: grpc.aio.ServicerContext) -> str:
-    if len(value) != 8 or not value.isdigit():
+    if not is_ispb(value):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "participant must be an 8-digit ISPB")
     return value
 
