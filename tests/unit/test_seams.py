@@ -152,8 +152,8 @@ def test_recovery_builds_the_active_offsets_under_the_title_the_seam_expects() -
 
 def test_the_seam_classes_add_no_name_the_library_has() -> None:
     """A public name a seam class adds must not shadow one of Faust's (a silent override)."""
-    overrides = {faust_seam.Consumer: {"_drain_messages", "_new_consumer_thread"}, faust_seam.Recovery: {"_build_offsets"},
-                 faust_seam.TableManager: {"recovery", "changelog_queue"}}
+    overrides = {faust_seam.Consumer: {"_drain_messages", "_new_consumer_thread"},
+                 faust_seam.Recovery: {"_build_offsets"}, faust_seam.TableManager: {"recovery", "changelog_queue"}}
     for klass, overridden in overrides.items():
         base = klass.__mro__[1]
         body = ast.parse(inspect.getsource(klass)).body[0]
