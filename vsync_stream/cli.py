@@ -221,13 +221,15 @@ def _register_own_commands() -> None:
     from vsync_stream.cidtools import diff_command, vsync_command
     from vsync_stream.demo import demo_command
     from vsync_stream.drill import drill_command
+    from vsync_stream.golive import bootstrap_command, preflight_command
     from vsync_stream.simulator.cli import simulator_command
 
     faust_cli.help = ("vsync-stream: keeps a Pix participant's DICT keys provably in sync with BACEN.\n\n"
                       "`vsync-stream worker -l info` runs a worker; the other commands talk to a running worker, "
                       "to CID files or to the local stack. Settings: `vsync-stream settings`.")
     for command in (verify_command, reconcile_command, migrate_command, cid_command, settings_command,
-                    vsync_command, diff_command, simulator_command, demo_command, drill_command, adapter_command):
+                    vsync_command, diff_command, simulator_command, demo_command, drill_command, adapter_command,
+                    bootstrap_command, preflight_command):
         if command.name not in faust_cli.commands:
             faust_cli.add_command(command)
 
