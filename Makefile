@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 KEEP ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: system-deps install proto stack-up stack-down stack-status demo drill bench bench-diff test chaos unit lint clean
+.PHONY: system-deps install proto stack-up stack-down stack-status demo drill bench bench-diff bench-scale test chaos unit lint clean
 
 install: $(STAMP)
 
@@ -64,6 +64,15 @@ bench: install
 	$(STACK_UP)
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/python benchmarks/bench_pipeline.py $(BENCH_ARGS) || rc=$$?; \
+	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
+
+# One deployment at a large participant's scale (10,000,000 entries by default; BENCH_ARGS="--entries N"):
+# bootstrap rate, worker RSS, restart/rebuild -> ready, disk per entry, a verification round and the
+# full-path reconciliation diff of 10 M CIDs, each beside its target (BENCHMARKS.md).
+bench-scale: install
+	$(STACK_UP)
+	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
+	  rc=0; $(BIN)/python benchmarks/bench_scale.py $(BENCH_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 
 # The product's streaming CID diff against a plain Python-set baseline, side by side (10 M + 10 M).

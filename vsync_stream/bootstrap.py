@@ -165,8 +165,10 @@ def _open_input(name: str) -> IO[bytes]:
 
 
 def scan(exports: list[str], participants: frozenset[str], partitions: int, spool: Path, rejects: Rejects,
-         progress: bool = True) -> int:
+         ledger: VSyncLedger, progress: bool = True) -> int:
     """Validate every row and spool the good ones by changelog partition; return the rows read.
+
+    ``ledger`` gets every spooled row's contribution (the load takes out those of duplicated keys).
 
     Raises:
         ExportFormatError: an input is not an export (nothing of the load is usable then).
@@ -194,10 +196,10 @@ def scan(exports: list[str], participants: frozenset[str], partitions: int, spoo
                         else:
                             chunk.append((parsed.line, parsed.row))
                             if len(chunk) >= SCAN_CHUNK:
-                                _spool(chunk, file_index, partitions, subs, files)
+                                _spool(chunk, file_index, partitions, subs, files, ledger)
                                 bar.update(len(chunk))
                                 chunk = []
-                    _spool(chunk, file_index, partitions, subs, files)
+                    _spool(chunk, file_index, partitions, subs, files, ledger)
                     bar.update(len(chunk))
                 finally:
                     if stream is not sys.stdin.buffer:
@@ -209,15 +211,18 @@ def scan(exports: list[str], participants: frozenset[str], partitions: int, spoo
 
 
 def _spool(chunk: list[tuple[int, ExportRow]], file_index: int, partitions: int, subs: int,
-           files: Sequence[IO[bytes]]) -> None:
+           files: Sequence[IO[bytes]], ledger: VSyncLedger) -> None:
     if not chunk:
         return
     keys = [row.key.encode("utf-8") for _line, row in chunk]
     placed = partitions_of(keys, partitions).tolist()
     pack = _RECORD.pack
     crc = zlib.crc32
+    add = ledger.add
     for (line, row), key, partition in zip(chunk, keys, placed, strict=True):
-        value = row.state.encode()
+        state = row.state
+        add(state.participant, state.key_type, state.cid)  # type: ignore[arg-type]
+        value = state.encode()
         files[partition * subs + crc(key) % subs].write(pack(line, file_index, len(key), len(value)) + key + value)
 
 
@@ -468,9 +473,11 @@ async def run_load(settings: Settings, exports: list[str], paths: LoadPaths, pro
             paths.state.parent.mkdir(parents=True, exist_ok=True)
             write_state(paths.state, state)
             rejects = Rejects(paths.rejects, 0)
-            rows = scan(exports, frozenset(settings.participants), settings.partitions, paths.spool, rejects, progress)
+            scanned = VSyncLedger()
+            rows = scan(exports, frozenset(settings.participants), settings.partitions, paths.spool, rejects, scanned,
+                        progress)
             state.update(phase="load", rows=rows, rejectsBytes=rejects.flush(), rejected=rejects.count,
-                         scanRejected=rejects.count, bucketsDone=0, loaded=0, ledger={},
+                         scanRejected=rejects.count, bucketsDone=0, loaded=0, ledger=scanned.to_json(),
                          startOffsets={str(p): end for p, (_first, end) in sizes.items()},
                          attempted={str(p): 0 for p in sizes})
             write_state(paths.state, state)
@@ -510,7 +517,13 @@ async def _load_buckets(kafka: KafkaSide, settings: Settings, exports: list[str]
               disable=not progress, mininterval=1.0) as bar:
         for bucket in range(state["bucketsDone"], buckets):
             partition = bucket // subs
-            unique, duplicated = split_duplicates(list(read_bucket(paths.spool / f"{bucket:05d}.bin")))
+            records = list(read_bucket(paths.spool / f"{bucket:05d}.bin"))
+            unique, duplicated = split_duplicates(records)
+            if duplicated:  # the scan counted their rows in: take them out
+                for _line, _file, key, value in records:
+                    if key in duplicated:
+                        row = EntryState.decode(value)
+                        ledger.remove(row.participant, row.key_type, row.cid)  # type: ignore[arg-type]
             for places in sorted(duplicated.values()):
                 shown = ", ".join(f"{labels[f]}:{line}" for f, line in places[:5]) + (" …" if len(places) > 5 else "")
                 for file_index, line in places:
@@ -521,9 +534,7 @@ async def _load_buckets(kafka: KafkaSide, settings: Settings, exports: list[str]
             state["attempted"][str(partition)] += len(unique)
             write_state(paths.state, state)  # before producing: a resumed load knows what may be there
             await kafka.produce(partition, unique, bar)
-            for value in unique.values():
-                row = EntryState.decode(value)
-                ledger.add(row.participant, row.key_type, row.cid)  # type: ignore[arg-type]
+            del records
             state.update(bucketsDone=bucket + 1, rejectsBytes=rejects.flush(), rejected=rejects.count,
                          loaded=state["loaded"] + len(unique), ledger=ledger.to_json())
             write_state(paths.state, state)
