@@ -35,13 +35,10 @@ import asyncio
 import json
 import os
 import shutil
-import struct
 import sys
-import zlib
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -49,21 +46,17 @@ from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_fixed
 from tqdm import tqdm
 
-from vsync_stream.bridges.kafka_partitioner import partitions_of
+from vsync_stream.bootstrap_spool import Rejects, bucket_layout, read_bucket, scan, split_duplicates
 from vsync_stream.bridges.kafka_security import kafka_security
 from vsync_stream.bridges.kafka_topics import ensure_topics, product_topics
-from vsync_stream.domain.export import ExportRow, iter_export
 from vsync_stream.domain.vsync import VSyncLedger
 from vsync_stream.errors import VsyncError
 from vsync_stream.names import changelog_topic
 from vsync_stream.settings import Settings
 
 STATE_FORMAT = 1
-SCAN_CHUNK = 20_000  # rows partitioned and spooled together (one numpy murmur2 pass)
-BUCKETS_TARGET = 128  # spool buckets in all (a bucket is read whole into memory during the load)
 BATCH_BYTES = 900_000  # one Kafka record batch; the broker's message.max.bytes defaults to 1 MB
 IN_FLIGHT_BATCHES = 32
-_RECORD = struct.Struct("<IHHH")  # line, file index, key length, value length
 
 
 class BootstrapError(VsyncError):
@@ -120,148 +113,6 @@ def write_state(path: Path, doc: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def bucket_layout(partitions: int) -> int:
-    """Sub-buckets per changelog partition (buckets = partitions x this)."""
-    return max(1, BUCKETS_TARGET // partitions)
-
-
-class Rejects:
-    """The rejects file: one JSON object per rejected row, ``{"file", "line", "code", "reason"}``."""
-
-    def __init__(self, path: Path, keep_bytes: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._fh = open(path, "ab")  # noqa: SIM115 - closed by close()
-        self._fh.truncate(keep_bytes)
-        self._fh.seek(keep_bytes)
-        self.count = 0
-
-    def add(self, file: str, line: int, code: str, reason: str) -> None:
-        """Record one rejected row (``reason`` carries no personal data)."""
-        self._fh.write(json.dumps({"file": file, "line": line, "code": code, "reason": reason},
-                                  ensure_ascii=False).encode("utf-8") + b"\n")
-        self.count += 1
-
-    def flush(self) -> int:
-        """Flush to disk; returns the file's size in bytes."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        return self._fh.tell()
-
-    def close(self) -> None:
-        """Close the file."""
-        self._fh.close()
-
-
-def _open_input(name: str) -> IO[bytes]:
-    if name == "-":
-        return sys.stdin.buffer
-    try:
-        return open(name, "rb")  # noqa: SIM115 - closed by the caller
-    except OSError as exc:
-        raise BootstrapError(f"cannot read the export {name}: {exc.strerror}") from None
-
-
-def scan(exports: list[str], participants: frozenset[str], partitions: int, spool: Path, rejects: Rejects,
-         ledger: VSyncLedger, progress: bool = True) -> int:
-    """Validate every row and spool the good ones by changelog partition; return the rows read.
-
-    ``ledger`` gets every spooled row's contribution (the load takes out those of duplicated keys).
-
-    Raises:
-        ExportFormatError: an input is not an export (nothing of the load is usable then).
-    """
-    if spool.exists():
-        shutil.rmtree(spool)
-    spool.mkdir(parents=True)
-    subs = bucket_layout(partitions)
-    files = [open(spool / f"{b:05d}.bin", "wb", buffering=256 * 1024)  # noqa: SIM115 - closed below
-             for b in range(partitions * subs)]
-    rows = 0
-    try:
-        with tqdm(desc="scanning", unit="row", file=sys.stderr, disable=not progress, mininterval=1.0,
-                  unit_scale=True) as bar:
-            for file_index, name in enumerate(exports):
-                label = "<stdin>" if name == "-" else name
-                stream = _open_input(name)
-                try:
-                    chunk: list[tuple[int, ExportRow]] = []
-                    for parsed in iter_export(stream, participants):
-                        rows += 1
-                        if parsed.row is None:
-                            assert parsed.error is not None
-                            rejects.add(label, parsed.line, parsed.error.code, parsed.error.reason)
-                        else:
-                            chunk.append((parsed.line, parsed.row))
-                            if len(chunk) >= SCAN_CHUNK:
-                                _spool(chunk, file_index, partitions, subs, files, ledger)
-                                bar.update(len(chunk))
-                                chunk = []
-                    _spool(chunk, file_index, partitions, subs, files, ledger)
-                    bar.update(len(chunk))
-                finally:
-                    if stream is not sys.stdin.buffer:
-                        stream.close()
-    finally:
-        for fh in files:
-            fh.close()
-    return rows
-
-
-def _spool(chunk: list[tuple[int, ExportRow]], file_index: int, partitions: int, subs: int,
-           files: Sequence[IO[bytes]], ledger: VSyncLedger) -> None:
-    if not chunk:
-        return
-    keys = [row.key.encode("utf-8") for _line, row in chunk]
-    placed = partitions_of(keys, partitions).tolist()
-    pack = _RECORD.pack
-    crc = zlib.crc32
-    add = ledger.add
-    for (line, row), key, partition in zip(chunk, keys, placed, strict=True):
-        state = row.state
-        add(state.participant, state.key_type, state.cid)  # type: ignore[arg-type]
-        value = state.encode()
-        files[partition * subs + crc(key) % subs].write(pack(line, file_index, len(key), len(value)) + key + value)
-
-
-def read_bucket(path: Path) -> Iterator[tuple[int, int, bytes, bytes]]:
-    """The spooled rows of one bucket: ``(line, file index, Pix key bytes, encoded state)``."""
-    data = path.read_bytes()
-    at, size, unpack = 0, _RECORD.size, _RECORD.unpack_from
-    while at < len(data):
-        line, file_index, klen, vlen = unpack(data, at)
-        at += size
-        key = data[at:at + klen]
-        at += klen
-        yield line, file_index, key, data[at:at + vlen]
-        at += vlen
-
-
-def split_duplicates(records: list[tuple[int, int, bytes, bytes]]
-                     ) -> tuple[dict[bytes, bytes], dict[bytes, list[tuple[int, int]]]]:
-    """Separate the keys found once from those found on several rows (every one of those is rejected).
-
-    Returns:
-        ``(unique, duplicated)``: key → encoded state for the keys on one row; key → sorted
-        ``(file index, line)`` of every row of the keys on several rows.
-    """
-    unique: dict[bytes, bytes] = {}
-    where: dict[bytes, tuple[int, int]] = {}
-    duplicated: dict[bytes, list[tuple[int, int]]] = {}
-    for line, file_index, key, value in records:
-        if key in duplicated:
-            duplicated[key].append((file_index, line))
-        elif key in unique:
-            del unique[key]
-            duplicated[key] = [where.pop(key), (file_index, line)]
-        else:
-            unique[key] = value
-            where[key] = (file_index, line)
-    for places in duplicated.values():
-        places.sort()
-    return unique, duplicated
 
 
 class KafkaSide:
@@ -425,7 +276,7 @@ def summary_rows(settings: Settings, ledger: VSyncLedger) -> list[dict[str, Any]
 
 
 async def run_load(settings: Settings, exports: list[str], paths: LoadPaths, progress: bool = True,
-                   subscribe: bool = True) -> dict[str, Any]:
+                   subscribe: bool = True, jobs: int = 1) -> dict[str, Any]:
     """Load the exports into the entries changelog, resuming from the checkpoint if there is one.
 
     Args:
@@ -434,6 +285,7 @@ async def run_load(settings: Settings, exports: list[str], paths: LoadPaths, pro
         paths: rejects, checkpoint, spool and summary paths.
         progress: show progress bars on stderr.
         subscribe: create the Pulsar subscription if missing (it should exist since before the export).
+        jobs: processes scanning a plain JSON Lines file (one byte range each).
 
     Returns:
         The summary: ``{"rows", "loaded", "rejected", "rejectsFile", "changelog", "pairs": [...]}``.
@@ -475,7 +327,7 @@ async def run_load(settings: Settings, exports: list[str], paths: LoadPaths, pro
             rejects = Rejects(paths.rejects, 0)
             scanned = VSyncLedger()
             rows = scan(exports, frozenset(settings.participants), settings.partitions, paths.spool, rejects, scanned,
-                        progress)
+                        progress, jobs)
             state.update(phase="load", rows=rows, rejectsBytes=rejects.flush(), rejected=rejects.count,
                          scanRejected=rejects.count, bucketsDone=0, loaded=0, ledger=scanned.to_json(),
                          startOffsets={str(p): end for p, (_first, end) in sizes.items()},
@@ -517,7 +369,7 @@ async def _load_buckets(kafka: KafkaSide, settings: Settings, exports: list[str]
               disable=not progress, mininterval=1.0) as bar:
         for bucket in range(state["bucketsDone"], buckets):
             partition = bucket // subs
-            records = list(read_bucket(paths.spool / f"{bucket:05d}.bin"))
+            records = read_bucket(paths.spool, bucket)
             unique, duplicated = split_duplicates(records)
             if duplicated:  # the scan counted their rows in: take them out
                 for _line, _file, key, value in records:

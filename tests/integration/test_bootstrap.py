@@ -189,3 +189,45 @@ async def test_sigkill_mid_load_then_rerun_ends_in_the_uninterrupted_state(pipel
     assert code_again == 1 and str(summary_b["loaded"]) in out_again
     refused, message = await _run(killed, "--rejects", str(tmp_path / "c" / "r.jsonl"), str(export))
     assert refused == 2 and "already holds records" in message  # a new load into a table that is not empty
+
+
+async def test_preflight_counts_each_side_against_the_dicts_cid_files(pipeline_factory: PipelineFactory,
+                                                                      tmp_path: Path) -> None:
+    pipeline = await pipeline_factory(participants=PARTICIPANTS, partitions=4, start=False)
+    model = pipeline.model
+    for entry in generate_entries(3000, PARTICIPANTS, seed=31):
+        model.create(entry)
+    entries = model.entries()
+    missing = entries[:3]  # at the DICT, not in the export
+    changed = entries[3]  # in both, with another account in the export
+    generator = PopulationGenerator(PARTICIPANTS, seed=32)
+    extra = [e for e in (generator.entry() for _ in range(2)) if model.entry(e.key) is None]  # only in the export
+    records = [export_record(e, version=1) for e in entries[4:]]
+    records += [{**export_record(changed, version=1), "accountNumber": "99999999"}]
+    records += [export_record(e, version=1) for e in extra]
+    export = tmp_path / "base.jsonl"
+    with export.open("wb") as out:
+        write_jsonl(records, out)
+        out.write(b'{"keyType": "CPF"}\n')  # a row bootstrap would reject: not counted
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "vsync_stream", "preflight", "--json",
+                                                str(export), env=pipeline.env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 1, err.decode()  # some pairs differ
+    rows = {(r["participant"], r["keyType"]): r for r in json.loads(out)}
+    assert set(rows) == set(truth(pipeline))
+    expected: dict[tuple[str, str], dict[str, int]] = {
+        pair: {"export": 0, "dict": model.count(*pair), "onlyExport": 0, "onlyDict": 0} for pair in rows}
+    for e in missing:
+        expected[(e.participant, e.key_type)]["onlyDict"] += 1
+    expected[(changed.participant, changed.key_type)]["onlyDict"] += 1
+    expected[(changed.participant, changed.key_type)]["onlyExport"] += 1
+    for record in records:
+        expected[(record["participant"], record["keyType"])]["export"] += 1
+    for e in extra:
+        expected[(e.participant, e.key_type)]["onlyExport"] += 1
+    for pair, row in rows.items():
+        want = expected[pair]
+        assert {k: row[k] for k in want} == want, pair
+        assert row["common"] == row["dict"] - row["onlyDict"] == row["export"] - row["onlyExport"]
+        assert row["dictVsync"] == model.vsync(*pair)

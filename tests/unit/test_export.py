@@ -10,7 +10,8 @@ import random
 import pytest
 from aiokafka.partitioner import murmur2
 
-from vsync_stream.bootstrap import split_duplicates
+from vsync_stream import bootstrap_spool
+from vsync_stream.bootstrap_spool import Rejects, read_bucket, scan, split_duplicates
 from vsync_stream.bridges.kafka_partitioner import murmur2_many, partitions_of
 from vsync_stream.domain.events import change_of
 from vsync_stream.domain.export import (
@@ -23,6 +24,7 @@ from vsync_stream.domain.export import (
     write_jsonl,
 )
 from vsync_stream.domain.fold import EntryState, FoldStatus, fold
+from vsync_stream.domain.vsync import VSyncLedger
 from vsync_stream.errors import InvalidEvent
 from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import generate_entries
@@ -187,3 +189,34 @@ def test_vectorised_murmur2_is_kafkas() -> None:
     keys += [e.key.encode() for e in _entries(500)]
     assert [int(h) for h in murmur2_many(keys)] == [murmur2(k) for k in keys]
     assert partitions_of(keys, 8).tolist() == [(murmur2(k) & 0x7FFFFFFF) % 8 for k in keys]
+
+
+def _scan_with(jobs: int, export, work, monkeypatch) -> tuple[bytes, list, VSyncLedger, int]:
+    monkeypatch.setattr(bootstrap_spool, "PARALLEL_MIN_BYTES", 0)
+    rejects = Rejects(work / "rejects.jsonl", 0)
+    ledger = VSyncLedger()
+    rows = scan([str(export)], P, 4, work / "spool", rejects, ledger, progress=False, jobs=jobs)
+    rejects.close()
+    buckets = [sorted(read_bucket(work / "spool", b)) for b in range(128)]
+    return (work / "rejects.jsonl").read_bytes(), buckets, ledger, rows
+
+
+def test_parallel_scan_gives_what_one_scanner_gives(tmp_path, monkeypatch) -> None:
+    entries = _entries(600)
+    buf = io.BytesIO()
+    write_jsonl([export_record(e, version=1) for e in entries], buf)
+    lines = buf.getvalue().split(b"\n")
+    for at in (5, 150, 151, 420, 599):
+        lines[at] = lines[at].replace(b'"version":1', b'"version":"x"')
+    lines.insert(300, b"")
+    lines.insert(301, b"not json")
+    export = tmp_path / "base.jsonl"
+    export.write_bytes(b"\n".join(lines))
+    (tmp_path / "one").mkdir()
+    (tmp_path / "three").mkdir()
+    one = _scan_with(1, export, tmp_path / "one", monkeypatch)
+    three = _scan_with(3, export, tmp_path / "three", monkeypatch)
+    assert list((tmp_path / "three" / "spool").glob("*.0002.bin"))  # three scanners did write
+    assert one[0] == three[0] and one[0].count(b"\n") == 6
+    assert one[1] == three[1] and sum(map(len, one[1])) == 595
+    assert one[2] == three[2] and one[3] == three[3] == 601
