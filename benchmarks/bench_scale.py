@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import rss_mb, start_profile, summarise_profile, versions  # noqa: E402
+from bench_pipeline import rss_mb, summarise_profile, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PARTICIPANTS = ["11111111", "22222222"]
@@ -78,8 +78,30 @@ def uuid4_of(seed: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) % 4]}{h[17:20]}-{h[20:32]}"
 
 
-def write_export(path: Path, n: int) -> Any:
-    """Write ``n`` valid entries as a JSON Lines export; return the expected ledger (VSync per pair)."""
+def write_export(path: Path, n: int, jobs: int = 1) -> Any:
+    """Write ``n`` valid entries as a JSON Lines export (``jobs`` processes, one slice of the rows each,
+    concatenated); return the expected ledger (VSync per pair)."""
+    import multiprocessing
+
+    from vsync_stream.domain.vsync import VSyncLedger
+
+    if jobs <= 1:
+        return VSyncLedger.from_json(_write_slice(str(path), 0, n, True))
+    bounds = [n * j // jobs for j in range(jobs + 1)]
+    parts = [path.with_name(f"{path.name}.{j}") for j in range(jobs)]
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        docs = pool.starmap(_write_slice, [(str(parts[j]), bounds[j], bounds[j + 1], j == 0) for j in range(jobs)])
+    ledger = VSyncLedger()
+    with path.open("wb") as out:
+        for part, doc in zip(parts, docs, strict=True):
+            with part.open("rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 24)
+            part.unlink()
+            ledger.merge(VSyncLedger.from_json(doc))
+    return ledger
+
+
+def _write_slice(name: str, first: int, stop: int, progress: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vsync_stream.domain.cid import cid_of
@@ -88,9 +110,11 @@ def write_export(path: Path, n: int) -> Any:
     owners = [(cpf(900_000_000 + k), NAMES[k % len(NAMES)]) for k in range(1000)]
     ledger = VSyncLedger()
     add = ledger.add
-    with path.open("wb", buffering=1 << 22) as out, tqdm(total=n, desc="export", unit="row", unit_scale=True,
-                                                          file=sys.stderr, mininterval=2.0) as bar:
-        for i in range(n):
+    n = stop - first
+    with open(name, "wb", buffering=1 << 22) as out, tqdm(total=n, desc="export", unit="row", unit_scale=True,
+                                                           file=sys.stderr, mininterval=2.0,
+                                                           disable=not progress) as bar:
+        for i in range(first, stop):
             kind = MIX[i % 100]
             participant = PARTICIPANTS[(i // 100) % 2]
             trade = None
@@ -120,8 +144,8 @@ def write_export(path: Path, n: int) -> Any:
                                     "version": 1 + i % 3}) + b"\n")
             if i % 100_000 == 99_999:
                 bar.update(100_000)
-        bar.update(n % 100_000)
-    return ledger
+        bar.update(n - bar.n)
+    return ledger.to_json()
 
 
 def du_bytes(paths: list[Path]) -> int:
@@ -136,16 +160,22 @@ def du_bytes(paths: list[Path]) -> int:
     return total
 
 
-async def run_bootstrap(env: dict[str, str], export: Path, work: Path, profile_s: int) -> dict[str, Any]:
+async def run_bootstrap(env: dict[str, str], export: Path, work: Path, profile_s: int, jobs: int) -> dict[str, Any]:
     rejects = work / "rejects.jsonl"
     state = work / "rejects.jsonl.state"
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "vsync_stream", "bootstrap", "--no-progress", "--rejects",
-                             str(rejects), "--summary", str(work / "summary.json"), str(export)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "vsync_stream", "bootstrap", "--no-progress", "--jobs", str(jobs),
+                             "--rejects", str(rejects), "--summary", str(work / "summary.json"), str(export)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     profile = None
-    if profile_s:
-        profile = start_profile(proc.pid, profile_s, work / "bootstrap.pyspy")
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if profile_s and py_spy.exists():  # the scanners are child processes: --subprocesses
+        await asyncio.sleep(5)  # past the imports and the start of the scan
+        profile = subprocess.Popen([str(py_spy), "record", "-p", str(proc.pid), "--subprocesses", "-d",
+                                    str(profile_s), "-r", "100", "-f", "raw", "-o", str(work / "bootstrap.pyspy"),
+                                    "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elif profile_s:
+        print(f"  (py-spy not installed in {py_spy.parent}: no profile)")
     phases: dict[str, float] = {}
     while proc.poll() is None:
         try:
@@ -218,7 +248,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     run_id = f"benchscale-{time.strftime('%H%M%S')}{secrets.token_hex(2)}"
     work = Path(args.tmp_dir).resolve() / run_id
     work.mkdir(parents=True)
-    res: dict[str, Any] = {"entries": n, "partitions": args.partitions, "versions": versions()}
+    res: dict[str, Any] = {"entries": n, "partitions": args.partitions, "jobs": args.jobs, "versions": versions()}
     res["load_before"] = os.getloadavg()
     print(f"bench-scale {run_id}: {n:,} entries, {args.partitions} partitions; work dir {work}\n  {res['versions']}")
     print(f"  load average before: {res['load_before'][0]:.2f} {res['load_before'][1]:.2f} "
@@ -226,7 +256,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     export = work / "export.jsonl"
     t = time.monotonic()
-    truth = write_export(export, n)
+    truth = write_export(export, n, args.jobs)
     res["export"] = {"s": time.monotonic() - t, "bytes": export.stat().st_size}
     print(f"[1] export of {n:,} rows written in {res['export']['s']:.0f} s ({res['export']['bytes'] / n:.0f} B/row, "
           "not a target)")
@@ -242,7 +272,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                          "VSYNC_BRIDGE_RATE_LIMITS": "VerifySync=60000/min:10000"})
     worker = WorkerProcess(env, work / "worker.log")
     try:
-        b = await run_bootstrap(env, export, work, args.profile_s)
+        b = await run_bootstrap(env, export, work, args.profile_s, args.jobs)
         res["bootstrap"] = b
         export.unlink()  # disk: the export is not needed any more
         b["rate"] = b["loaded"] / b["total_s"]
@@ -250,7 +280,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
               f"{b['setup_s']:.1f} s, scan {b['scan_s']:.1f} s = {b['rows'] / max(b['scan_s'], 1e-9):,.0f} rows/s, "
               f"load {b['load_s']:.1f} s = {b['loaded'] / max(b['load_s'], 1e-9):,.0f} rows/s)")
         if args.profile_s and (work / "bootstrap.pyspy").exists():
-            summarise_profile(work / "bootstrap.pyspy", process="the bootstrap (first seconds: the scan)")
+            summarise_profile(work / "bootstrap.pyspy", process="the bootstrap's scanners")
 
         t = time.monotonic()
         worker.start()
@@ -319,8 +349,9 @@ def report(r: dict[str, Any]) -> None:
     b = r["bootstrap"]
     rows = [
         ("bootstrap rate", f"{b['rate']:,.0f} entries/s", f">= {BOOTSTRAP_TARGET:,}/s", b["rate"] >= BOOTSTRAP_TARGET,
-         f"scan {b['rows'] / max(b['scan_s'], 1e-9):,.0f} rows/s (one Python process: JSON parse, validation, "
-         f"HMAC, spool), load {b['loaded'] / max(b['load_s'], 1e-9):,.0f} rows/s (Kafka)"),
+         f"scan {b['rows'] / max(b['scan_s'], 1e-9):,.0f} rows/s ({r.get('jobs', 1)} Python processes on "
+         f"{os.cpu_count()} shared cpus: JSON parse, validation, HMAC, spool), load "
+         f"{b['loaded'] / max(b['load_s'], 1e-9):,.0f} rows/s (Kafka)"),
         ("worker RSS holding them", f"{r['rss_mb']:.0f} MB at {n / 1e6:g} M", f"<= {RSS_TARGET_MB:.0f} MB at 50 M",
          full and r["rss_mb"] <= RSS_TARGET_MB, "RocksDB on disk, bounded buffers and caches per partition"),
         ("restart -> ready (data dir kept)", f"{r['restart_s']:.1f} s at {n / 1e6:g} M",
@@ -352,6 +383,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=10_000_000, help="entries bootstrapped [10000000]")
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes writing the export and scanning it (bootstrap --jobs)")
     parser.add_argument("--recon-cids", type=int, default=10_000_000, help="CIDs of the reconciliation diff; 0 = skip")
     parser.add_argument("--recon-diff", type=int, default=1000, help="CIDs only on each side [1000]")
     parser.add_argument("--profile-s", type=int, default=20, help="py-spy the bootstrap this many s, if installed")
