@@ -307,7 +307,8 @@ async def run_load(settings: Settings, exports: list[str], paths: LoadPaths, pro
                                  f"({state.get('config')}); use other --rejects, or delete the checkpoint and the "
                                  "spool to start over")
         stdin_only = all(i["path"] == "-" for i in inputs + state["inputs"])
-        if state["inputs"] != inputs and not stdin_only:
+        # An unfinished scan loaded nothing: it starts over, on whatever files are given now.
+        if state["phase"] != "scan" and state["inputs"] != inputs and not stdin_only:
             raise BootstrapError(f"the checkpoint {paths.state} was written for other export files (or they changed "
                                  "since): run the same command on the same files, or delete the checkpoint and "
                                  "the spool to start over")
