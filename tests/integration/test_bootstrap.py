@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import json
 import random
 import sys
@@ -15,7 +17,7 @@ import pytest
 from tests.integration.conftest import Pipeline, PipelineFactory
 from tests.integration.helpers import read_topic, truth, wait_converged
 from vsync_stream.cli import request_verification
-from vsync_stream.domain.export import export_record, write_jsonl
+from vsync_stream.domain.export import export_record, write_csv, write_jsonl
 from vsync_stream.domain.fold import EntryState
 from vsync_stream.names import changelog_topic
 from vsync_stream.simulator.population import PopulationGenerator, generate_entries, random_update_changes
@@ -231,3 +233,25 @@ async def test_preflight_counts_each_side_against_the_dicts_cid_files(pipeline_f
         assert {k: row[k] for k in want} == want, pair
         assert row["common"] == row["dict"] - row["onlyDict"] == row["export"] - row["onlyExport"]
         assert row["dictVsync"] == model.vsync(*pair)
+
+
+async def test_not_an_export_stops_before_loading_then_the_right_file_loads(pipeline_factory: PipelineFactory,
+                                                                            kafka_bootstrap: str,
+                                                                            tmp_path: Path) -> None:
+    pipeline = await pipeline_factory(participants=PARTICIPANTS, partitions=4, start=False)
+    for entry in generate_entries(500, PARTICIPANTS, seed=41):
+        pipeline.model.create(entry)
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("keyType,key,colour\nEVP,x,blue\n")
+    rejects = tmp_path / "rejects.jsonl"
+    code, out = await _run(pipeline, "--rejects", str(rejects), str(wrong))
+    assert code == 2 and "line 1" in out and "colour" in out, out
+    assert await _changelog_rows(kafka_bootstrap, pipeline.env["VSYNC_APP_ID"]) == {}  # nothing loaded
+    export = tmp_path / "base.csv.gz"
+    text = io.StringIO()
+    write_csv([export_record(e, version=1) for e in pipeline.model.entries()], text)
+    export.write_bytes(gzip.compress(text.getvalue().encode()))
+    code, out = await _run(pipeline, "--rejects", str(rejects), "--summary", str(tmp_path / "s.json"), str(export))
+    assert code == 0, out
+    assert len(await _changelog_rows(kafka_bootstrap, pipeline.env["VSYNC_APP_ID"])) == 500
+    assert rejects.read_bytes() == b""
