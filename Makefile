@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum
 KEEP ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: system-deps install lock proto stack-up stack-down stack-status demo drill bench bench-diff test chaos unit lint typecheck clean
+.PHONY: system-deps install lock proto stack-up stack-down stack-status demo drill bench bench-diff bench-scale test chaos unit lint \
+  typecheck clean
 
 install: $(STAMP)
 
@@ -77,6 +78,15 @@ bench: install
 	$(STACK_UP)
 	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
 	  rc=0; $(BIN)/python benchmarks/bench_pipeline.py $(BENCH_ARGS) || rc=$$?; \
+	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
+
+# One deployment at a large participant's scale (10,000,000 entries by default; BENCH_ARGS="--entries N"):
+# bootstrap rate, worker RSS, restart/rebuild -> ready, disk per entry, a verification round and the
+# full-path reconciliation diff of 10 M CIDs, each beside its target (BENCHMARKS.md).
+bench-scale: install
+	$(STACK_UP)
+	set -a; source "$${VSYNC_STACK_DIR:-.local}/stack.env"; set +a; \
+	  rc=0; $(BIN)/python benchmarks/bench_scale.py $(BENCH_ARGS) || rc=$$?; \
 	  if [ "$(KEEP)" != 1 ]; then $(STACK) down; fi; exit $$rc
 
 # The product's streaming CID diff against a plain Python-set baseline, side by side (10 M + 10 M).

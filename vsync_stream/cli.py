@@ -30,6 +30,8 @@ PRODUCT_COMMANDS: dict[str, str] = {
     "verify": "Verify every pair with the DICT now (via a worker).",
     "reconcile": "Reconcile one pair with the DICT now (via a worker).",
     "adapter": "Run only the Pulsar-to-Kafka adapter.",
+    "bootstrap": "Load the participant's export into the entries table.",
+    "preflight": "Diff the export against the DICT's CID files.",
     "migrate": "Create or upgrade the PostgreSQL audit schema.",
     "settings": "List every setting, its env variable and default.",
     "cid": "Print the CID of a DICT entry (JSON).",
@@ -153,6 +155,7 @@ def _register_own_commands() -> None:
     from vsync_stream.cidtools import diff_command, vsync_command
     from vsync_stream.demo import demo_command
     from vsync_stream.drill import drill_command
+    from vsync_stream.golive import bootstrap_command, preflight_command
     from vsync_stream.simulator.cli import simulator_command
 
     faust_commands = [name for name in faust_cli.commands if name not in FAUST_COMMANDS_SHOWN]
@@ -160,7 +163,8 @@ def _register_own_commands() -> None:
                       "`vsync-stream worker -l info` runs a worker; the other commands talk to a running worker, "
                       "to CID files or to the local stack. Settings: `vsync-stream settings`.")
     for command in (verify_command, reconcile_command, migrate_command, cid_command, settings_command,
-                    vsync_command, diff_command, simulator_command, demo_command, drill_command, adapter_command):
+                    vsync_command, diff_command, simulator_command, demo_command, drill_command, adapter_command,
+                    bootstrap_command, preflight_command):
         if command.name not in faust_cli.commands:
             faust_cli.add_command(command)
     hide_commands(faust_commands)

@@ -2,7 +2,8 @@
 
 BACEN's acceptance test changes and inserts 1,000 keys behind the participant's back and expects a
 successful verification within one hour. The drill loads a population into the DICT simulator and
-the pipeline, verifies (all OK), makes those changes in the simulator only, then measures the time
+the pipeline (``vsync-stream bootstrap`` from the participant's export), verifies (all OK), makes
+those changes in the simulator only, then measures the time
 from the first NOK to every (participant, key type) OK again — reconciliation starts by itself on
 NOK — with the DICT's real rate limits enforced by the simulator.
 """
@@ -50,9 +51,7 @@ async def run_drill(participants: list[str], entries: int, changes: int, seed: i
     """Run the drill; return True when every pair is OK again within the hour."""
     rng = random.Random(seed)
     async with LocalScenario("drill", participants) as run:
-        population, events = run.populate(entries, 0, 0, seed)
-        await run.publish(events)
-        await run.wait_folded(timeout_s)
+        population, _changes = await run.go_live(entries, 0, 0, seed, ready_timeout_s=timeout_s)
         rows = await run.verify()
         if any(r["result"] != "OK" for r in rows):
             print_results_table(rows)

@@ -3,12 +3,18 @@
 The DICT simulator runs in this process (a real gRPC server holding the truth), the worker runs as
 a child process (``vsync-stream worker``) with topic, subscription and group names unique to the
 run, and events are published to Pulsar as the participant's connector would.
+
+Going live is done as at a participant (README, "Going live"): the Pulsar subscription exists first,
+the DICT's population is exported from the participant's base and loaded with ``vsync-stream
+bootstrap``, then the worker starts and the events exercise only the changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -25,6 +31,7 @@ from vsync_stream.bridges.pulsar_source import ensure_subscription
 from vsync_stream.cli_support import request_verification
 from vsync_stream.domain.entry import Entry
 from vsync_stream.domain.events import KeyEvent
+from vsync_stream.domain.export import export_record, write_jsonl
 from vsync_stream.settings import Settings
 from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import generate_entries, random_update_changes
@@ -55,6 +62,7 @@ class LocalScenario:
         self._env_extra = env_extra or {}
         self.worker: WorkerProcess | None = None
         self.published = 0
+        self.bootstrap_s = 0.0
 
     @property
     def base_url(self) -> str:
@@ -72,7 +80,7 @@ class LocalScenario:
         ensure_subscription(self.settings.pulsar_url, env["VSYNC_PULSAR_TOPIC"], env["VSYNC_PULSAR_SUBSCRIPTION"],
                             client_options=pulsar_client_options(self.settings))
         self.worker = WorkerProcess(env, Path(f".local/logs/{self.run_id}-worker.log").resolve())
-        self.worker.start()
+        self.bootstrap_dir = Path(f".local/runs/{self.run_id}-bootstrap").resolve()
         print(f"run {self.run_id}: DICT simulator on 127.0.0.1:{port}; worker web view {self.worker.base_url}, "
               f"log {self.worker.log_path}")
         return self
@@ -81,14 +89,44 @@ class LocalScenario:
         if self.worker is not None:
             self.worker.stop()
         await self.simulator.stop()
+        (self.bootstrap_dir / "export.jsonl").unlink(missing_ok=True)
 
-    def populate(self, entries: int, updates: int, deletes: int, seed: int) -> tuple[list[Entry], list[KeyEvent]]:
-        """Create a population in the DICT, then updates and deletes; return it and the events."""
+    async def go_live(self, entries: int, updates: int, deletes: int, seed: int, ready_timeout_s: float = 900.0
+                      ) -> tuple[list[Entry], list[KeyEvent]]:
+        """Create a population in the DICT, bootstrap the pipeline from its export, start the worker.
+
+        Returns:
+            The population, and the update and delete events made afterwards (not yet published).
+
+        Raises:
+            click.ClickException: the bootstrap failed or rejected rows, or the worker did not get ready.
+        """
+        assert self.worker is not None
         rng = random.Random(seed)
         population = list(tqdm(generate_entries(entries, self.settings.participants, seed=seed), total=entries,
                                desc="population", unit="entry", file=sys.stdout, mininterval=1.0))
-        events = [self.model.create(entry) for entry in population]
-        events += [self.model.update(e.key, **random_update_changes(e, rng)) for e in rng.sample(population, updates)]
+        for entry in population:  # the history before going live: in the DICT and in the participant's base
+            self.model.create(entry)
+        started = time.monotonic()
+        self.bootstrap_dir.mkdir(parents=True, exist_ok=True)
+        export = self.bootstrap_dir / "export.jsonl"
+        with export.open("wb") as out:
+            write_jsonl((export_record(e, version=self.model.version(e.key)) for e in self.model.entries()), out)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vsync_stream", "bootstrap", "--rejects", str(self.bootstrap_dir / "rejects.jsonl"),
+            "--summary", str(self.bootstrap_dir / "summary.json"), str(export), env=self.worker.env)
+        if await proc.wait() != 0:
+            raise click.ClickException(f"vsync-stream bootstrap exited with {proc.returncode}; see "
+                                       f"{self.bootstrap_dir}")
+        shutil.rmtree(self.bootstrap_dir / "rejects.jsonl.spool", ignore_errors=True)
+        self.worker.start()
+        try:
+            await self.worker.wait_ready(timeout_s=ready_timeout_s)
+        except WorkerFailed as exc:
+            raise click.ClickException(str(exc)) from None
+        self.bootstrap_s = time.monotonic() - started
+        print(f"went live with {entries} entries in {self.bootstrap_s:.1f} s (export, bootstrap, worker restore)")
+        events = [self.model.update(e.key, **random_update_changes(e, rng)) for e in rng.sample(population, updates)]
         events += [self.model.delete(e.key) for e in rng.sample(population, deletes)]
         return population, events
 

@@ -147,6 +147,14 @@ class DictModel:
         """The last version of a Pix key (0 when never seen); kept after a delete."""
         return self._versions.get(key, 0)
 
+    def assume_ledger(self, ledger: VSyncLedger) -> None:
+        """Answer verifications from ``ledger`` instead of the model's entries (benchmarks only).
+
+        A model of tens of millions of entries does not fit in memory; ``benchmarks/bench_scale.py``
+        gives the VSyncs of its generated export instead. CID files and events are not affected.
+        """
+        self._ledger = ledger
+
     def vsync(self, participant: str, key_type: str) -> str:
         """The DICT's VSync of (participant, key type): 64 lower-case hex chars, zeros when empty."""
         return _hex(self._ledger.vsync(participant, key_type))
