@@ -218,6 +218,7 @@ def settings_command(markdown: bool) -> None:
 
 def _register_own_commands() -> None:
     from vsync_stream.adapter import adapter_command
+    from vsync_stream.bridges.bridge_server import bridge_command
     from vsync_stream.cidtools import diff_command, vsync_command
     from vsync_stream.demo import demo_command
     from vsync_stream.drill import drill_command
@@ -227,7 +228,8 @@ def _register_own_commands() -> None:
                       "`vsync-stream worker -l info` runs a worker; the other commands talk to a running worker, "
                       "to CID files or to the local stack. Settings: `vsync-stream settings`.")
     for command in (verify_command, reconcile_command, migrate_command, cid_command, settings_command,
-                    vsync_command, diff_command, simulator_command, demo_command, drill_command, adapter_command):
+                    vsync_command, diff_command, simulator_command, demo_command, drill_command, adapter_command,
+                    bridge_command):
         if command.name not in faust_cli.commands:
             faust_cli.add_command(command)
 
