@@ -158,7 +158,11 @@ class DictApiClient:
                 headers={"PI-RequestingParticipant": self.participant, "Accept": "application/xml",
                          "Accept-Encoding": "gzip"})
         if self._load_policies:
-            await self.refresh_policies()
+            try:
+                await self.refresh_policies()
+            except BaseException:
+                await self.stop()  # `async with` does not exit what did not enter
+                raise
 
     async def stop(self) -> None:
         """Close the session (pooled connections included)."""
