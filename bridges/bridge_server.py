@@ -203,14 +203,15 @@ class _Servicer(pb_grpc.DictBridgeServicer):
 
     async def DownloadCidFile(self, request: pb.DownloadCidFileRequest,  # noqa: N802
                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CidFileChunk]:
-        status = self._bridge.available.get(request.job_id)
-        if status is None:  # not polled to AVAILABLE through this Bridge yet: ask the DICT once
-            status = await self._call("GetCidFile", context, self._client.get_cid_file(
+        known = self._bridge.available.get(request.job_id)
+        if known is None:  # not polled to AVAILABLE through this Bridge yet: ask the DICT once
+            fetched: CidFileStatus = await self._call("GetCidFile", context, self._client.get_cid_file(
                 request.job_id, self._bridge.job_participants.get(request.job_id)))
-            if status.status != "AVAILABLE":
+            if fetched.status != "AVAILABLE":
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"CID file job is {status.status}; poll GetCidFile until it is AVAILABLE")
-            self._bridge.available[status.job_id] = status
+                                    f"CID file job is {fetched.status}; poll GetCidFile until it is AVAILABLE")
+            self._bridge.available[fetched.job_id] = known = fetched
+        status = known
         assert status.url is not None and status.byte_size is not None and status.sha256 is not None
         header: pb.CidFileChunk | None = pb.CidFileChunk(byte_size=status.byte_size, sha256=status.sha256)
         try:

@@ -29,7 +29,7 @@ import re
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -41,7 +41,7 @@ from vsync_stream.bridges.dict_api import POLICY_OF, correlation_id
 from vsync_stream.domain.keys import KEY_TYPES
 from vsync_stream.errors import DictResponseInvalid, DictSignatureInvalid
 from vsync_stream.simulator.cid_files import CidFileJob, CidFileStore
-from vsync_stream.simulator.model import DictModel
+from vsync_stream.simulator.model import CidLogEvent, DictModel
 from vsync_stream.simulator.rest_pki import DictPki
 from vsync_stream.simulator.server import TokenBucket, dict_rate_limits
 
@@ -52,6 +52,7 @@ __all__ = ["RestDictSimulator"]
 ResponseFault = Literal["UNSIGNED", "TAMPERED", "SCHEMA"]
 DownloadFault = Literal["DROP", "503"]
 _RANGE_RE = re.compile(r"^bytes=(\d+)-$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -311,11 +312,11 @@ class RestDictSimulator:
                            ) from None
         if not 1 <= limit <= 200:
             raise _Problem(400, "BadRequest", "Bad Request", "Limit must be between 1 and 200")
-        start_ms = -(-int(start.timestamp() * 1_000_000) // 1000)  # whole ms at or after StartTime
-        end_ms = None if end is None else int(end.timestamp() * 1_000_000) // 1000 + 1  # EndTime is inclusive
-        if end_ms is not None and end_ms <= start_ms:
-            events, more = [], False
-        else:
+        start_ms = -(-_epoch_us(start) // 1000)  # whole ms at or after StartTime
+        end_ms = None if end is None else _epoch_us(end) // 1000 + 1  # EndTime is inclusive
+        events: list[CidLogEvent] = []
+        more = False
+        if end_ms is None or end_ms > start_ms:
             events, more = self.model.cid_log_page(participant, key_type, start_ms, end_ms, limit)
         return self._answer(request, dx.list_cid_set_events_response(
             participant, key_type, [(e.type, e.cid, e.timestamp_ms) for e in events], more,
@@ -385,6 +386,11 @@ class RestDictSimulator:
             return response
         await response.write_eof()
         return response
+
+
+def _epoch_us(moment: datetime) -> int:
+    """Microseconds since the epoch, exactly (no float rounding)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def _refill_as_published(refill_per_s: float) -> tuple[int, int]:
