@@ -34,7 +34,6 @@ import hashlib
 import logging
 import math
 import ssl
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -314,9 +313,7 @@ class DictApiClient:
             headers = {"Range": f"bytes={received}-"} if received else {}
             try:
                 async with session.get(url, headers=headers) as response:
-                    if response.status >= 500:
-                        raise _map_problem(response, await response.read(), "DownloadCidFile")
-                    if response.status >= 400:
+                    if response.status >= 400:  # a 5xx maps to BridgeUnavailable: retried below
                         raise _map_problem(response, await response.read(), "DownloadCidFile")
                     if received and (response.status != 206 or not response.headers.get(
                             "Content-Range", "").startswith(f"bytes {received}-")):
@@ -378,6 +375,11 @@ class DictApiClient:
                     raise BridgeError(f"DICT API {operation} answered HTTP {response.status}, not 200/201")
         except aiohttp.ClientSSLError as exc:
             raise _tls_error(exc) from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            # Under TLS 1.3 a server that refuses our client certificate just closes the connection.
+            raise BridgeUnavailable(f"DICT API {operation}: the server closed the connection without answering; "
+                                    "if this repeats, the DICT may be refusing the client certificate "
+                                    "VSYNC_DICT_API_TLS_CERT (not issued by a CA it trusts, or expired)") from exc
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise BridgeUnavailable(f"DICT API {operation} cannot be reached ({type(exc).__name__}: "
                                     f"{str(exc)[:120]}); check VSYNC_DICT_API_URL and the network") from exc
@@ -424,8 +426,3 @@ def _seconds(value: str | None) -> float | None:
     except ValueError:
         return None
     return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def correlation_id() -> str:
-    """A fresh correlation id in the DICT's style (32 hex chars)."""
-    return uuid.uuid4().hex

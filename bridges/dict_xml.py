@@ -22,6 +22,7 @@ elements and schema rules, never values (a value may be a Pix key or a tax id).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -46,7 +47,7 @@ from vsync_stream.errors import DictResponseInvalid, DictSignatureInvalid
 
 __all__ = [
     "DS_NS", "PROBLEM_NS", "PROBLEM_TYPE_PREFIX", "Policy", "Problem", "XmlSigner", "XmlVerifier",
-    "cid_set_file_request", "cid_set_file_response", "entry_by_cid_response", "format_time",
+    "cid_set_file_request", "cid_set_file_response", "correlation_id", "entry_by_cid_response", "format_time",
     "list_cid_set_events_response", "parse_body", "parse_cid_set_file", "parse_cid_set_events",
     "parse_entry_by_cid", "parse_policies", "parse_problem", "parse_sync_verification", "parse_time",
     "policies_response", "problem_document", "sync_verification_request", "sync_verification_response",
@@ -67,6 +68,11 @@ def _schema() -> etree.XMLSchema:
 
 
 # ---------------------------------------------------------------------- primitives
+
+
+def correlation_id() -> str:
+    """A fresh correlation id in the DICT's style (32 hex chars)."""
+    return uuid.uuid4().hex
 
 
 def format_time(moment: datetime) -> str:

@@ -28,7 +28,14 @@ from vsync_stream.bridges.bridge_server import POLICY_TRAILER
 from vsync_stream.bridges.dict_bridge import BridgeClient
 from vsync_stream.bridges.generated import vsync_bridge_pb2 as pb
 from vsync_stream.bridges.generated import vsync_bridge_pb2_grpc as pb_grpc
-from vsync_stream.errors import BridgeError, BridgeNotFound, CidFileCorrupt, DictTlsError, RateLimited
+from vsync_stream.errors import (
+    BridgeError,
+    BridgeNotFound,
+    BridgeUnavailable,
+    CidFileCorrupt,
+    DictTlsError,
+    RateLimited,
+)
 from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import PopulationGenerator
 from vsync_stream.simulator.rest import RestDictSimulator
@@ -101,6 +108,7 @@ async def test_verify_sync_answers_ok_and_nok_from_the_dicts_own_vsync(chain_fac
         assert (await product.verify_sync(participant, key_type, wrong)).result == "NOK"
     assert [v.result for v in model.verifications()] == ["OK", "NOK"] * len(model.pairs())
     assert chain.simulator.calls["VerifySync"] == 2 * len(model.pairs())
+    assert chain.simulator.gzipped == 2 * len(model.pairs()) + 1  # every answer gzipped, policies included
     # The Bridge shaped its buckets from the DICT's policies endpoint.
     names = {p.name for p in chain.client.policies}  # type: ignore[union-attr]
     assert names == {"SYNC_VERIFICATIONS_WRITE", "CIDS_FILES_WRITE", "CIDS_FILES_READ", "CIDS_EVENTS_LIST",
@@ -296,7 +304,7 @@ async def test_an_expired_server_certificate_or_a_wrong_ca_fails_tls_clearly(tmp
         cert, key = rogue.issue(tmp_path, "rogue-client", usage="client")
         refused = client_for(simulator, P1)
         refused._ssl.load_cert_chain(str(cert), str(key))
-        with pytest.raises(BridgeError):
+        with pytest.raises(BridgeUnavailable, match="refusing the client certificate"):
             async with refused:
                 pass
         assert simulator.calls == {}

@@ -37,7 +37,8 @@ from aiohttp import web
 from lxml import etree
 
 from vsync_stream.bridges import dict_xml as dx
-from vsync_stream.bridges.dict_api import POLICY_OF, correlation_id
+from vsync_stream.bridges.dict_api import POLICY_OF
+from vsync_stream.bridges.dict_xml import correlation_id
 from vsync_stream.domain.keys import KEY_TYPES
 from vsync_stream.errors import DictResponseInvalid, DictSignatureInvalid
 from vsync_stream.simulator.cid_files import CidFileJob, CidFileStore
@@ -93,6 +94,7 @@ class RestDictSimulator:
         self.calls: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
         self.downloads: Counter[str] = Counter()  # "full", "ranged", "dropped", "503"
+        self.gzipped = 0  # answers sent gzip-compressed (the client asked with Accept-Encoding)
         self._bursts: Counter[str] = Counter()
         self._file_ids = itertools.count(1)
         self._jobs: dict[str, CidFileJob] = {}  # the DICT's integer id (as text) -> job
@@ -222,6 +224,7 @@ class RestDictSimulator:
                                 headers=headers)
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression(web.ContentCoding.gzip)
+            self.gzipped += 1
         return response
 
     async def _signed_request(self, request: web.Request, expected_root: str) -> etree._Element:
