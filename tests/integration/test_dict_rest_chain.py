@@ -33,6 +33,7 @@ from vsync_stream.errors import (
     BridgeNotFound,
     BridgeUnavailable,
     CidFileCorrupt,
+    CidFileFailed,
     DictTlsError,
     RateLimited,
 )
@@ -238,6 +239,39 @@ async def test_an_untrusted_response_is_a_non_retried_error_never_an_answer(chai
     for operation in (product.list_cid_events(P1, "EVP", EPOCH), product.create_cid_file(P1, "EVP")):
         with pytest.raises(BridgeError, match="DATA_LOSS"):
             await operation
+
+
+async def test_a_signed_ok_about_another_vsync_is_not_taken_as_ok(chain_factory: Factory) -> None:
+    model = populated(50)
+    chain, product = await chain_factory(model)
+    chain.simulator.response_fault = "MISMATCH"
+    wrong = format(int(model.vsync(P1, "EVP"), 16) ^ 1, "064x")
+    with pytest.raises(BridgeError, match="another participant, key type or VSync") as caught:
+        await product.verify_sync(P1, "EVP", wrong)
+    assert caught.value.status_code is grpc.StatusCode.DATA_LOSS
+    assert [v.result for v in model.verifications()] == ["OK"]  # the DICT said OK, but not about our VSync
+
+
+async def test_the_bridge_paces_with_the_policies_the_dict_publishes(chain_factory: Factory) -> None:
+    model = populated(50)
+    chain, product = await chain_factory(model, rate_limits={"VerifySync": TokenBucket(6, 1e-4)})
+    for _ in range(3):
+        assert (await product.verify_sync(P1, "EVP", model.vsync(P1, "EVP"))).ok
+    late = client_for(chain.simulator, P1)  # a Bridge started now sees 3 of 6 tokens left
+    async with late:
+        (policy,) = [p for p in late.policies if p.name == "SYNC_VERIFICATIONS_WRITE"]
+        assert (policy.capacity, policy.available_tokens) == (6, 3)
+        assert late.pacer.tokens_left("VerifySync") <= 3
+        assert late.pacer.tokens_left("GetEntryByCid") > 1000  # the DICT's default bucket, not ours
+
+
+async def test_a_cid_file_job_that_ends_in_error_is_reported_as_failed(chain_factory: Factory) -> None:
+    model = populated(50)
+    chain, product = await chain_factory(model)
+    chain.simulator.cid_files.outcome = "ERROR"
+    job = await product.create_cid_file(P1, "EVP")
+    with pytest.raises(CidFileFailed):
+        await product.wait_for_cid_file(job, poll_interval_s=0.1, timeout_s=30)
 
 
 @pytest.mark.parametrize("case", ["expired", "foreign"])

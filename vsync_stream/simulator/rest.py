@@ -13,7 +13,8 @@ certificate; gzip when asked; the same token buckets as the gRPC face (:func:`di
 
 Fault hooks (plain attributes, changeable while serving): ``unavailable`` / :meth:`inject_unavailable`
 (503 ``ServiceUnavailable`` with ``Retry-After``), ``response_fault`` (``UNSIGNED``, ``TAMPERED``:
-content changed after signing, ``SCHEMA``: a signed body that violates the schema), ``signer``
+content changed after signing, ``SCHEMA``: a signed body that violates the schema, ``MISMATCH``: a
+validly signed sync verification answering OK about the DICT's own VSync, not the one sent), ``signer``
 (replace it to sign with another key, e.g. an expired or foreign certificate), ``download_faults``
 (per coming download request: ``DROP`` the connection halfway, or answer ``503``), and the CID file
 store's ``outcome``/``corruption`` as in the gRPC face.
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RestDictSimulator"]
 
-ResponseFault = Literal["UNSIGNED", "TAMPERED", "SCHEMA"]
+ResponseFault = Literal["UNSIGNED", "TAMPERED", "SCHEMA", "MISMATCH"]
 DownloadFault = Literal["DROP", "503"]
 _RANGE_RE = re.compile(r"^bytes=(\d+)-$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -259,6 +260,8 @@ class RestDictSimulator:
         participant = root.findtext("SyncVerification/Participant") or ""
         key_type = root.findtext("SyncVerification/KeyType") or ""
         vsync = root.findtext("SyncVerification/SyncVerifier") or ""
+        if self.response_fault == "MISMATCH":  # a signed answer about another VSync than the one asked
+            vsync = self.model.vsync(participant, key_type)
         record = self.model.check_sync(participant, key_type, vsync)
         log.info("REST createSyncVerification %s/%s: %s", participant, key_type, record.result)
         return self._answer(request, dx.sync_verification_response(
