@@ -26,12 +26,13 @@ asks for ``end_time - 1 ms`` (the DICT's timestamps are whole milliseconds).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import signal
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import click
 import grpc
@@ -58,6 +59,9 @@ from vsync_stream.errors import (
     DictTlsError,
     RateLimited,
 )
+
+if TYPE_CHECKING:
+    from vsync_stream.settings import Settings
 
 __all__ = ["POLICY_TRAILER", "BridgeServer", "bridge_command", "grpc_status_of"]
 
@@ -285,7 +289,44 @@ async def _key_type(value: int, context: grpc.aio.ServicerContext) -> str:
 # ---------------------------------------------------------------------- the command
 
 
-def client_from_settings() -> DictApiClient:
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def server_credentials_from_settings(settings: Settings, host: str) -> grpc.ServerCredentials | None:
+    """The gRPC server credentials of ``vsync-stream bridge`` (``VSYNC_BRIDGE_SERVER_*``).
+
+    Returns:
+        TLS credentials (client certificates required when a client CA is set), or None for plaintext.
+
+    Raises:
+        ConfigurationError: only one of certificate and key is set, a file is unreadable, or ``host``
+            is not a loopback address without mutual TLS (the Bridge answers entries: personal data).
+    """
+    from vsync_stream.bridges.tls import readable_file
+
+    cert = readable_file(settings.bridge_server_tls_cert, "VSYNC_BRIDGE_SERVER_TLS_CERT")
+    key = readable_file(settings.bridge_server_tls_key, "VSYNC_BRIDGE_SERVER_TLS_KEY")
+    client_ca = readable_file(settings.bridge_server_client_ca, "VSYNC_BRIDGE_SERVER_CLIENT_CA")
+    if (cert is None) != (key is None):
+        raise ConfigurationError("set both VSYNC_BRIDGE_SERVER_TLS_CERT and VSYNC_BRIDGE_SERVER_TLS_KEY, or neither")
+    if not _loopback(host) and (cert is None or client_ca is None):
+        raise ConfigurationError(f"the Bridge would serve entries (personal data) on {host} without mutual TLS: "
+                                 "set VSYNC_BRIDGE_SERVER_TLS_CERT, _TLS_KEY and VSYNC_BRIDGE_SERVER_CLIENT_CA, "
+                                 "or listen on 127.0.0.1")
+    if cert is None or key is None:
+        return None
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())],
+                                       root_certificates=client_ca.read_bytes() if client_ca else None,
+                                       require_client_auth=client_ca is not None)
+
+
+def client_from_settings(settings: Settings) -> DictApiClient:
     """A :class:`DictApiClient` from the ``VSYNC_DICT_API_*`` settings.
 
     Raises:
@@ -293,9 +334,7 @@ def client_from_settings() -> DictApiClient:
     """
     from vsync_stream.bridges.pacing import parse_rate_limits
     from vsync_stream.bridges.tls import readable_file
-    from vsync_stream.settings import Settings
 
-    settings = Settings()
     files = {}
     for name in ("tls_ca", "tls_cert", "tls_key", "signing_cert", "signing_key", "verify_ca"):
         env = f"VSYNC_DICT_API_{name.upper()}"
@@ -310,14 +349,20 @@ def client_from_settings() -> DictApiClient:
 
 
 async def _serve_bridge(listen: str) -> None:
+    from vsync_stream.settings import Settings
+
     host, _, port = listen.rpartition(":")
-    client = client_from_settings()
+    host = host or "127.0.0.1"
+    settings = Settings()
+    credentials = server_credentials_from_settings(settings, host)
+    client = client_from_settings(settings)
     await client.start()
-    server = BridgeServer(client)
+    server = BridgeServer(client, server_credentials=credentials)
     try:
-        await server.start(host or "127.0.0.1", int(port))
-        click.echo(f"Bridge serving the gRPC Bridge API on {server.target}, calling the DICT API at "
-                   f"{client.base_url}; Ctrl-C stops")
+        await server.start(host, int(port))
+        click.echo(f"Bridge serving the gRPC Bridge API on {server.target} "
+                   f"({'mutual TLS' if settings.bridge_server_client_ca else 'TLS' if credentials else 'plaintext'}), "
+                   f"calling the DICT API at {client.base_url}; Ctrl-C stops")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,8 +23,9 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from tests.tls_certs import TestPki
 from vsync_stream.bridges import dict_xml as dx
-from vsync_stream.bridges.bridge_server import POLICY_TRAILER
+from vsync_stream.bridges.bridge_server import POLICY_TRAILER, BridgeServer, server_credentials_from_settings
 from vsync_stream.bridges.dict_bridge import BridgeClient
 from vsync_stream.bridges.generated import vsync_bridge_pb2 as pb
 from vsync_stream.bridges.generated import vsync_bridge_pb2_grpc as pb_grpc
@@ -34,9 +35,11 @@ from vsync_stream.errors import (
     BridgeUnavailable,
     CidFileCorrupt,
     CidFileFailed,
+    ConfigurationError,
     DictTlsError,
     RateLimited,
 )
+from vsync_stream.settings import Settings
 from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import PopulationGenerator
 from vsync_stream.simulator.rest import RestDictSimulator
@@ -382,3 +385,47 @@ async def test_the_vsync_stream_bridge_process_serves_the_chain(tmp_path: Path) 
         await simulator.stop()
     assert process.returncode == 0, log_path.read_text()
     assert "Bridge serving the gRPC Bridge API" in log_path.read_text()
+
+
+# ------------------------------------------------------------------ the Bridge's own gRPC side
+
+
+def test_the_bridge_refuses_to_serve_entries_off_loopback_without_mutual_tls(pki: TestPki,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("VSYNC_")]:
+        monkeypatch.delenv(name)
+    assert server_credentials_from_settings(Settings(), "127.0.0.1") is None
+    assert server_credentials_from_settings(Settings(), "localhost") is None
+    with pytest.raises(ConfigurationError, match="without mutual TLS"):
+        server_credentials_from_settings(Settings(), "0.0.0.0")
+    tls_only = Settings(bridge_server_tls_cert=pki.server_cert, bridge_server_tls_key=pki.server_key)
+    with pytest.raises(ConfigurationError, match="without mutual TLS"):
+        server_credentials_from_settings(tls_only, "10.1.2.3")
+    with pytest.raises(ConfigurationError, match="both"):
+        server_credentials_from_settings(Settings(bridge_server_tls_cert=pki.server_cert), "127.0.0.1")
+    mutual = Settings(bridge_server_tls_cert=pki.server_cert, bridge_server_tls_key=pki.server_key,
+                      bridge_server_client_ca=pki.ca)
+    assert server_credentials_from_settings(mutual, "0.0.0.0") is not None
+
+
+async def test_the_bridge_serves_the_workers_over_mutual_tls(pki: TestPki, tmp_path: Path) -> None:
+    model = populated(50)
+    chain = RestBridgeChain(model, P1, tmp_path / "dict-pki")
+    await chain.simulator.start()
+    chain.client = client_for(chain.simulator, P1)
+    await chain.client.start()
+    mutual = Settings(bridge_server_tls_cert=pki.server_cert, bridge_server_tls_key=pki.server_key,
+                      bridge_server_client_ca=pki.ca)
+    chain.bridge = BridgeServer(chain.client, server_credentials=server_credentials_from_settings(mutual, "127.0.0.1"))
+    await chain.bridge.start()
+    try:
+        async with BridgeClient(chain.target, root_cert_path=pki.ca, cert_chain_path=pki.client_cert,
+                                private_key_path=pki.client_key) as worker:
+            assert (await worker.verify_sync(P1, "EVP", model.vsync(P1, "EVP"))).ok
+        async with BridgeClient(chain.target, root_cert_path=pki.ca, deadline_s=2.0, max_attempts=2,
+                                max_retry_s=2.0, backoff_initial_s=0.01) as stranger:
+            with pytest.raises(BridgeUnavailable):
+                await stranger.verify_sync(P1, "EVP", model.vsync(P1, "EVP"))
+    finally:
+        await chain.stop()
+    assert chain.simulator.calls["VerifySync"] == 1
