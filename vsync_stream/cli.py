@@ -37,6 +37,7 @@ PRODUCT_COMMANDS: dict[str, str] = {
     "cid": "Print the CID of a DICT entry (JSON).",
     "vsync": "Print the VSync (XOR of every CID) of a CID file.",
     "diff": "Compare two CID files: the CIDs only in each.",
+    "bridge": "Serve the Bridge API in front of BCB's DICT REST API.",
     "simulator": "Run the DICT simulator (a gRPC Bridge server).",
     "demo": "Run the main job end to end on the local stack.",
     "drill": "Run BACEN's homologation drill on the local stack.",
@@ -152,6 +153,7 @@ def settings_command(markdown: bool) -> None:
 
 def _register_own_commands() -> None:
     from vsync_stream.adapter import adapter_command
+    from vsync_stream.bridges.bridge_server import bridge_command
     from vsync_stream.cidtools import diff_command, vsync_command
     from vsync_stream.demo import demo_command
     from vsync_stream.drill import drill_command
@@ -164,7 +166,7 @@ def _register_own_commands() -> None:
                       "to CID files or to the local stack. Settings: `vsync-stream settings`.")
     for command in (verify_command, reconcile_command, migrate_command, cid_command, settings_command,
                     vsync_command, diff_command, simulator_command, demo_command, drill_command, adapter_command,
-                    bootstrap_command, preflight_command):
+                    bootstrap_command, preflight_command, bridge_command):
         if command.name not in faust_cli.commands:
             faust_cli.add_command(command)
     hide_commands(faust_commands)

@@ -23,11 +23,12 @@ from vsync_stream.scenario import LocalScenario
 
 
 async def run_demo(participants: list[str], entries: int, updates: int, deletes: int, seed: int, report_path: Path,
-                   keep_running: bool, timeout_s: float) -> bool:
+                   keep_running: bool, timeout_s: float, via_rest: bool = True) -> bool:
     """Run the demo; return True when every row was OK and the divergence showed as NOK."""
     rng = random.Random(seed)
     # The demo shows the NOK itself; reconciliation is the subject of `vsync-stream drill`.
-    async with LocalScenario("demo", participants, env_extra={"VSYNC_AUTO_RECONCILE": "false"}) as run:
+    async with LocalScenario("demo", participants, env_extra={"VSYNC_AUTO_RECONCILE": "false"},
+                             via_rest=via_rest) as run:
         population, events = await run.go_live(entries, updates, deletes, seed)
         await run.publish(events)
         counts = await run.wait_folded(timeout_s)
@@ -86,9 +87,12 @@ async def _wait_forever() -> None:
 @click.option("--report", "report_path", default="demo-report.json", show_default=True, type=click.Path(path_type=Path))
 @click.option("--keep-running", is_flag=True, help="Keep the worker and the simulator up after the demo.")
 @click.option("--timeout", "timeout_s", default=900.0, show_default=True, help="Seconds allowed for folding.")
+@click.option("--via-rest/--via-grpc", "via_rest", default=True, show_default=True,
+              help="The worker's Bridge: `vsync-stream bridge` in front of the simulator's DICT REST API (mutual TLS, "
+                   "signed XML), or the simulator's own gRPC face.")
 def demo_command(participants: str, entries: int, updates: int, deletes: int, seed: int, report_path: Path,
-                 keep_running: bool, timeout_s: float) -> None:
+                 keep_running: bool, timeout_s: float, via_rest: bool) -> None:
     """Run the main job end to end on the local stack and write demo-report.json."""
     ispbs = [p.strip() for p in participants.split(",") if p.strip()]
-    ok = asyncio.run(run_demo(ispbs, entries, updates, deletes, seed, report_path, keep_running, timeout_s))
+    ok = asyncio.run(run_demo(ispbs, entries, updates, deletes, seed, report_path, keep_running, timeout_s, via_rest))
     sys.exit(0 if ok else 1)

@@ -53,6 +53,8 @@ class BridgeError(VsyncError):
 
     status_code: object | None = None
     retry_after_s: float | None = None
+    http_status: int | None = None  # the DICT API's HTTP status, when the error came from it
+    policy: str | None = None  # the DICT's rate-limit policy (RateLimited from the DICT API), e.g. CIDS_EVENTS_LIST
 
 
 class BridgeUnavailable(BridgeError):
@@ -83,6 +85,21 @@ class CidFileCorrupt(BridgeError):
 
 class CidFileFailed(BridgeError):
     """The DICT ended a CID file job as ERROR or UNAVAILABLE; request a new file."""
+
+
+class DictSignatureInvalid(BridgeError):
+    """A DICT API response is unsigned, its XML signature does not verify, or its signing
+    certificate is expired or not from the trusted CA. Never retried: the answer cannot be trusted,
+    and asking again does not change the DICT's certificate; check VSYNC_DICT_API_VERIFY_CA."""
+
+
+class DictResponseInvalid(BridgeError):
+    """A DICT API response is not well-formed XML or violates the DICT's schema; not retried."""
+
+
+class DictTlsError(BridgeError):
+    """Mutual TLS with the DICT API failed (server certificate expired or from another CA, our
+    client certificate refused); not retried: fix the certificates named in the message."""
 
 
 class PublishFailed(VsyncError):

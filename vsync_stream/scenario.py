@@ -36,6 +36,7 @@ from vsync_stream.settings import Settings
 from vsync_stream.simulator.model import DictModel
 from vsync_stream.simulator.population import generate_entries, random_update_changes
 from vsync_stream.simulator.publisher import EventPublisher
+from vsync_stream.simulator.rest_chain import RestBridgeChain
 from vsync_stream.simulator.server import DictSimulator, TokenBucket
 from vsync_stream.worker_process import WorkerFailed, WorkerProcess, free_port, run_env
 
@@ -50,15 +51,20 @@ class LocalScenario:
         participants: ISPBs of the population and of the worker's verification.
         rate_limits: the simulator's buckets per RPC (the DICT's own when None).
         env_extra: extra environment for the worker.
+        via_rest: the worker's Bridge is a real `vsync-stream bridge` in front of the simulator's DICT
+            REST API (mutual TLS, signed XML) instead of the simulator's own gRPC face.
     """
 
     def __init__(self, name: str, participants: Sequence[str], rate_limits: Mapping[str, TokenBucket] | None = None,
-                 env_extra: dict[str, str] | None = None) -> None:
+                 env_extra: dict[str, str] | None = None, via_rest: bool = False) -> None:
         self.settings = Settings(participants=list(participants))
         self.run_id = f"{name}-{time.strftime('%Y%m%d%H%M%S')}{secrets.token_hex(2)}"
         self.token = secrets.token_urlsafe(24)
         self.model = DictModel()
         self.simulator = DictSimulator(self.model, rate_limits=rate_limits)
+        pki_dir = Path(f".local/dict-pki/{self.run_id}")
+        self.rest_chain = (RestBridgeChain(self.model, self.settings.participants[0], pki_dir, rate_limits=rate_limits)
+                           if via_rest else None)
         self._env_extra = env_extra or {}
         self.worker: WorkerProcess | None = None
         self.published = 0
@@ -74,13 +80,17 @@ class LocalScenario:
         async with AuditStore(self.settings.postgres_dsn.get_secret_value(), max_size=1) as audit:
             await audit.migrate()
         port = await self.simulator.start("127.0.0.1", 0)
-        env = run_env(self.run_id, bridge_target=f"127.0.0.1:{port}", participants=self.settings.participants,
+        target = await self.rest_chain.start() if self.rest_chain is not None else f"127.0.0.1:{port}"
+        env = run_env(self.run_id, bridge_target=target, participants=self.settings.participants,
                       token=self.token, data_root=Path(".local/runs").resolve(), web_port=free_port(),
                       extra=self._env_extra)
         ensure_subscription(self.settings.pulsar_url, env["VSYNC_PULSAR_TOPIC"], env["VSYNC_PULSAR_SUBSCRIPTION"],
                             client_options=pulsar_client_options(self.settings))
         self.worker = WorkerProcess(env, Path(f".local/logs/{self.run_id}-worker.log").resolve())
         self.bootstrap_dir = Path(f".local/runs/{self.run_id}-bootstrap").resolve()
+        if self.rest_chain is not None:
+            print(f"run {self.run_id}: the worker's Bridge {target} calls the DICT REST API "
+                  f"{self.rest_chain.simulator.url} (mutual TLS, signed XML)")
         print(f"run {self.run_id}: DICT simulator on 127.0.0.1:{port}; worker web view {self.worker.base_url}, "
               f"log {self.worker.log_path}")
         return self
@@ -88,6 +98,8 @@ class LocalScenario:
     async def __aexit__(self, *exc: object) -> None:
         if self.worker is not None:
             self.worker.stop()
+        if self.rest_chain is not None:
+            await self.rest_chain.stop()
         await self.simulator.stop()
         (self.bootstrap_dir / "export.jsonl").unlink(missing_ok=True)
 

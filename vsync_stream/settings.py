@@ -54,6 +54,21 @@ class Settings(BaseSettings):
     bridge_tls_cert: Path | None = Field(None, description="PEM client certificate chain for mutual TLS to the Bridge; set together with VSYNC_BRIDGE_TLS_KEY [env: VSYNC_BRIDGE_TLS_CERT]")
     bridge_tls_key: Path | None = Field(None, description="PEM private key of the Bridge client certificate (mutual TLS); set together with VSYNC_BRIDGE_TLS_CERT [env: VSYNC_BRIDGE_TLS_KEY]")
 
+    # --- `vsync-stream bridge`: the Bridge in front of BCB's DICT REST API (see vsync_stream.bridges.dict_api) ---
+    bridge_listen: str = Field("127.0.0.1:15051", description="Address host:port that `vsync-stream bridge` serves the gRPC Bridge API on (the workers' VSYNC_BRIDGE_TARGET) [env: VSYNC_BRIDGE_LISTEN]")
+    bridge_server_tls_cert: Path | None = Field(None, description="PEM certificate chain `vsync-stream bridge` serves gRPC with; unset = plaintext, allowed on a loopback address only [env: VSYNC_BRIDGE_SERVER_TLS_CERT]")
+    bridge_server_tls_key: Path | None = Field(None, description="PEM private key of VSYNC_BRIDGE_SERVER_TLS_CERT [env: VSYNC_BRIDGE_SERVER_TLS_KEY]")
+    bridge_server_client_ca: Path | None = Field(None, description="PEM CA of the workers' client certificates: set = mutual TLS required; needed off loopback, since the Bridge answers personal data (entries by CID) [env: VSYNC_BRIDGE_SERVER_CLIENT_CA]")
+    dict_api_url: str = Field("https://127.0.0.1:16522/api/v1/", description="Root URL of BCB's DICT API, e.g. https://dict-h.pi.rsfn.net.br:16522/api/v1/ (homologation) [env: VSYNC_DICT_API_URL]")
+    dict_api_participant: str | None = Field(None, description="ISPB sent as PI-RequestingParticipant when a call names no participant; unset = the first of VSYNC_PARTICIPANTS [env: VSYNC_DICT_API_PARTICIPANT]")
+    dict_api_tls_ca: Path | None = Field(None, description="PEM CA that signs the DICT API's server certificate (the only one trusted); required by `vsync-stream bridge` [env: VSYNC_DICT_API_TLS_CA]")
+    dict_api_tls_cert: Path | None = Field(None, description="PEM client certificate of the participant for mutual TLS with the DICT API [env: VSYNC_DICT_API_TLS_CERT]")
+    dict_api_tls_key: Path | None = Field(None, description="PEM private key of VSYNC_DICT_API_TLS_CERT [env: VSYNC_DICT_API_TLS_KEY]")
+    dict_api_signing_cert: Path | None = Field(None, description="PEM certificate of the participant's XML signatures on requests that change data [env: VSYNC_DICT_API_SIGNING_CERT]")
+    dict_api_signing_key: Path | None = Field(None, description="PEM private key (RSA) of VSYNC_DICT_API_SIGNING_CERT [env: VSYNC_DICT_API_SIGNING_KEY]")
+    dict_api_verify_ca: Path | None = Field(None, description="PEM CA of the DICT's XML signing certificate; every response's signature is checked against it [env: VSYNC_DICT_API_VERIFY_CA]")
+    dict_api_timeout_s: float = Field(10.0, gt=0, description="Timeout of one DICT API exchange (connect, or one read), seconds [env: VSYNC_DICT_API_TIMEOUT_S]")
+
     # --- transport security of the brokers (see vsync_stream.bridges.kafka_security, .pulsar_security) ---
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="How the Kafka clients connect: TLS (SSL), SASL authentication, both, or neither [env: VSYNC_KAFKA_SECURITY_PROTOCOL]")
