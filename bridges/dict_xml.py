@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from signxml import (  # type: ignore[attr-defined]
     CanonicalizationMethod,
@@ -170,7 +171,8 @@ class XmlSigner:
     """
 
     def __init__(self, key_pem: bytes, cert_pem: bytes) -> None:
-        self._key = key_pem
+        # Loaded once: signxml would parse (and, for RSA, validate: ~0.1 s) a PEM key on every signature.
+        self._key = serialization.load_pem_private_key(key_pem, password=None)
         self._cert = cert_pem.decode("ascii")
         self._signer = XMLSigner(method=SignatureConstructionMethod.enveloped,
                                  signature_algorithm=SignatureMethod.RSA_SHA256,
