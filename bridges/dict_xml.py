@@ -31,6 +31,7 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 from signxml import (  # type: ignore[attr-defined]
     CanonicalizationMethod,
@@ -172,7 +173,10 @@ class XmlSigner:
 
     def __init__(self, key_pem: bytes, cert_pem: bytes) -> None:
         # Loaded once: signxml would parse (and, for RSA, validate: ~0.1 s) a PEM key on every signature.
-        self._key = serialization.load_pem_private_key(key_pem, password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):  # the signature method is RSA-SHA256
+            raise ValueError(f"the XML signing key must be an RSA key, not {type(key).__name__}")
+        self._key = key
         self._cert = cert_pem.decode("ascii")
         self._signer = XMLSigner(method=SignatureConstructionMethod.enveloped,
                                  signature_algorithm=SignatureMethod.RSA_SHA256,
