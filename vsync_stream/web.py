@@ -79,9 +79,21 @@ def register_views(vapp: VsyncApp) -> None:
         return view.json({"error": f"the token lacks the {scope.value!r} scope"}, status=403)
 
     async def read_body(request: Request, limit: int) -> bytes | None:
-        """The request body, or None when it is over ``limit`` bytes."""
-        body: bytes = await request.content.read(limit + 1)
-        return None if len(body) > limit else body
+        """The whole request body, or None when it is over ``limit`` bytes.
+
+        ``StreamReader.read(n)`` returns what has arrived, at most ``n`` bytes (aiohttp hands a
+        large body over 64 KiB at a time), so the body is read to its end, chunk by chunk.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk: bytes = await request.content.read(limit + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
 
     def too_large(view: View, limit: int) -> Response:
         return view.json({"error": f"request body over {limit} bytes"}, status=413)
