@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 
 CID_FILE_POLL_S = 60.0  # BCB: poll a requested CID file about once per minute
 CID_FILE_WAIT_S = 1800.0
-# The DICT's clock (CID file time, CID event times) and the events' occurredAt may differ a little:
-# a row whose last event lies this close to the cut counts as changed after it (left alone).
-CUT_MARGIN_MS = 5_000
 APPLY_WAIT_S = 120.0
 SCAN_GATHER_S = 0.2
 
@@ -268,14 +265,14 @@ class Reconciler:
 
         The local CIDs were read after the file's time, while the fold kept running: a CID the DICT
         added since is not "only local", one it removed since is not "only at the DICT" — the
-        pipeline carries those changes itself. Any CID with an event from the cut (less a margin
-        for clocks) to now is left alone; the next verification decides about it.
+        pipeline carries those changes itself. Any CID with an event from the cut to now is left
+        alone; the next verification decides about it.
         """
         self._phase(run, "reading the DICT's CID event log since the file's time")
         touched: set[str] = set()
         until = datetime.now(UTC) + timedelta(seconds=1)
-        async for event in self.bridge.iter_cid_events(run.participant, run.key_type,
-                                                       cut - timedelta(milliseconds=CUT_MARGIN_MS), until):
+        # The file's time and the log's timestamps are both the DICT's clock; the start is inclusive.
+        async for event in self.bridge.iter_cid_events(run.participant, run.key_type, cut, until):
             touched.add(event.cid.lower())
             run.done += 1
         explained_dict, explained_local = only_dict & touched, only_local & touched
@@ -419,7 +416,7 @@ def diff_file_with_local(cid_file: Path, local_cids: Iterator[str], workdir: Pat
 def _still_judged(correction: Correction, stored: EntryState | None, cut_ms: int) -> bool:
     """True when the key's row is still the one the diff judged: it holds the local CID the diff saw
     (None for an add: no CID of the pair) and its last event does not lie after the cut."""
-    if changed_after(stored, cut_ms - CUT_MARGIN_MS):
+    if changed_after(stored, cut_ms):
         return False
     if correction.local_cid is not None:
         return stored is not None and stored.cid == correction.local_cid

@@ -1,0 +1,121 @@
+"""Full-path reconciliation while events keep flowing (issue #14, item 1), through the real stack.
+
+The DICT's CID file is its set at request time; the local CIDs are read seconds later while the
+fold keeps folding live traffic. Keys created, updated or deleted in that window must not be
+"corrected": only the divergences made behind the pipeline's back are, and the run converges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from tests.integration.conftest import Pipeline, PipelineFactory
+from tests.integration.helpers import diverge, served_vsyncs, truth, wait_converged
+from tests.integration.test_pipeline import make_history
+from vsync_stream.cli import request_verification, run_reconciliation
+from vsync_stream.simulator.population import generate_entries, random_update_changes
+
+pytestmark = pytest.mark.integration
+
+P1, P2 = "12345678", "00000208"
+
+
+@dataclass
+class LiveTraffic:
+    """Creates, updates and deletes the DICT confirms and the connector publishes, ``rate`` per second,
+    never touching ``frozen`` keys (those diverged behind the pipeline's back)."""
+
+    pipeline: Pipeline
+    frozen: set[str]
+    rate: float = 60.0
+    seed: int = 7
+    sent: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        rng = random.Random(self.seed)
+        fresh = generate_entries(10**6, [P1, P2], seed=self.seed + 1000)
+        model = self.pipeline.model
+        batch = max(1, int(self.rate / 10))
+        while not stop.is_set():
+            events = []
+            for _ in range(batch):
+                live = [e for e in model.entries() if e.key not in self.frozen] if rng.random() < 0.5 else []
+                if not live:
+                    entry = next(fresh)
+                    if model.entry(entry.key) is None:
+                        events.append(model.create(entry))
+                elif rng.random() < 0.7:
+                    entry = rng.choice(live)
+                    events.append(model.update(entry.key, **random_update_changes(entry, rng)))
+                else:
+                    events.append(model.delete(rng.choice(live).key))
+            await self.pipeline.publish(events)
+            self.sent += len(events)
+            await asyncio.sleep(0.1)
+
+
+async def wait_phase(pipeline: Pipeline, runs: int, phase: str, timeout_s: float = 240) -> None:
+    """Wait until ``runs`` running reconciliations have all been through ``phase``."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(int(timeout_s * 5)):
+            async with session.get(f"{pipeline.worker.base_url}/reconciliations") as resp:
+                doc = await resp.json()
+            done = [r for r in doc["running"] if phase in r["history"]]
+            finished = [r for r in doc["recent"]]
+            if len(done) + len(finished) >= runs:
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"the reconciliations did not reach {phase!r}; see {pipeline.worker.log_path}")
+
+
+def frozen_keys(pipeline: Pipeline) -> set[str]:
+    """The keys ``diverge`` tampers with (the last entry of each pair it picks) and its new key."""
+    by_pair = {(e.participant, e.key_type): e for e in pipeline.model.entries()}
+    return {e.key for e in by_pair.values()} | {"52998224725"}
+
+
+async def test_full_path_under_live_traffic_corrects_only_the_divergences(pipeline_factory: PipelineFactory) -> None:
+    pipeline = await pipeline_factory(dict_limits=True, env_extra={"VSYNC_AUTO_RECONCILE": "false"})
+    pipeline.simulator.cid_files.delay_s = 4.0  # seconds between the file's time and the local read
+    events = make_history(pipeline, 1500, seed=31)
+    await pipeline.publish(events)
+    await pipeline.worker.wait_handled(len(events), timeout_s=300)
+    frozen = frozen_keys(pipeline)
+    kinds = diverge(pipeline)
+
+    traffic = LiveTraffic(pipeline, frozen)
+    stop = asyncio.Event()
+    flowing = asyncio.ensure_future(traffic.run(stop))
+    try:
+        await asyncio.sleep(1.0)
+        pending = [asyncio.ensure_future(run_reconciliation(pipeline.worker.base_url, pipeline.token, p, t,
+                                                            progress=False, timeout_s=300))
+                   for p, t in sorted(set(kinds.values()))]
+        # Events flow from before the file's time until every run has diffed and explained its window;
+        # they stop before the runs verify (a verification while events flow could not say OK).
+        await wait_phase(pipeline, len(pending), "fetching the DICT's entries by CID")
+    finally:
+        stop.set()
+        await flowing
+    runs = await asyncio.gather(*pending)
+    assert traffic.sent > 200
+    by_pair = {(r["participant"], r["keyType"]): r for r in runs}
+    assert {r["result"] for r in runs} == {"OK"}, runs
+    assert {r["path"] for r in runs} == {"full"}
+    # Exactly the divergences were corrected: nothing created, changed or deleted in the window.
+    first = {pair: (r["added"], r["removed"], r["changed"]) for pair, r in by_pair.items()}
+    assert first == {kinds["add"]: (1, 0, 0), kinds["remove"]: (0, 1, 0), kinds["replace"]: (0, 0, 1),
+                     kinds["evp"]: (0, 1, 0)}, runs
+    # The window was real: the DICT's log explained some differences, which were left to the pipeline.
+    assert sum(r["deferred"] for r in runs) > 0, runs
+
+    await wait_converged(pipeline, timeout_s=120)
+    assert await served_vsyncs(pipeline) == truth(pipeline)
+    rows = await request_verification(pipeline.worker.base_url, pipeline.token)
+    assert {r["result"] for r in rows} == {"OK"}
+    assert sum(pipeline.simulator.rejections.values()) == 0
