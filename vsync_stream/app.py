@@ -173,6 +173,8 @@ class VsyncApp:
                               **self.bridge_tls,
                               rate_limits=parse_rate_limits(self.settings.bridge_rate_limits))
         await bridge.start()
+        if self.settings.persist_dict_budgets:  # budgets survive restarts and coordinator moves
+            await bridge.pacer.share(audit.sync_budgets)
         self._audit, self._bridge = audit, bridge
         self._reconciler = Reconciler(
             self.cluster, bridge, verify_pair=self._verify_pair, last_ok=audit.last_ok,
