@@ -124,7 +124,7 @@ async def run_reconciliation(target: str, token: str, participant: str, key_type
                 if run.get("phase") != phase:
                     phase = run.get("phase")
                     bar.reset(total=run["progress"]["total"] or None)
-                    bar.set_description(str(phase))
+                    bar.set_description(str(phase) if not run.get("waitingFor") else f"{phase}: {run['waitingFor']}")
                 bar.n = run["progress"]["done"]
                 bar.refresh()
                 if run.get("finishedAt"):
@@ -134,14 +134,40 @@ async def run_reconciliation(target: str, token: str, participant: str, key_type
                 await asyncio.sleep(0.5)
 
 
+async def cancel_reconciliation(target: str, token: str, run_id: str) -> dict[str, Any]:
+    """Ask a running worker to cancel a reconciliation (``POST /reconciliations/{id}/cancel``).
+
+    Returns:
+        The run as the coordinator holds it (camelCase JSON).
+
+    Raises:
+        click.ClickException: the worker refused, does not know the run, or cannot be reached.
+    """
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        try:
+            async with session.post(f"{target}/reconciliations/{run_id}/cancel",
+                                    headers={"Authorization": f"Bearer {token}"}) as resp:
+                body: dict[str, Any] = await resp.json(content_type=None)
+                if resp.status != 202:
+                    raise click.ClickException(f"worker answered {resp.status}: {body.get('error', body)}")
+                return body
+        except aiohttp.ClientError as exc:
+            raise click.ClickException(f"cannot reach the worker at {target} ({exc})") from exc
+
+
 @click.command("reconcile")
-@click.option("--participant", required=True, help="ISPB of the pair to reconcile.")
-@click.option("--key-type", "key_type", required=True, type=click.Choice(["CPF", "CNPJ", "PHONE", "EMAIL", "EVP"]))
+@click.option("--participant", default=None, help="ISPB of the pair to reconcile.")
+@click.option("--key-type", "key_type", default=None, type=click.Choice(["CPF", "CNPJ", "PHONE", "EMAIL", "EVP"]))
+@click.option("--cancel", "cancel_id", default=None, metavar="ID",
+              help="Cancel the running reconciliation ID instead (e.g. one waiting for the DICT's CID file budget).")
 @click.option("--url", default=None, help="Worker web view URL [default: http://VSYNC_WEB_HOST:VSYNC_WEB_PORT]")
-def reconcile_command(participant: str, key_type: str, url: str | None) -> None:
+def reconcile_command(participant: str | None, key_type: str | None, cancel_id: str | None, url: str | None) -> None:
     """Reconcile one (participant, key type) with the DICT now, through a running worker.
 
     Shows the progress of each phase; exits 0 when the DICT answers OK afterwards, 1 otherwise.
+    With --cancel ID, cancels that run (releasing its pair) and exits 0.
     """
     settings = _settings()
     tokens = settings.tokens()
@@ -149,6 +175,13 @@ def reconcile_command(participant: str, key_type: str, url: str | None) -> None:
         raise click.ClickException("no API token with the operate scope configured: set VSYNC_API_TOKENS or "
                                    "VSYNC_API_TOKENS_FILE (a bare token has scopes operate and entries)")
     target = url or f"http://{settings.web_host}:{settings.web_port}"
+    if cancel_id is not None:
+        cancelled = asyncio.run(cancel_reconciliation(target, tokens[0], cancel_id))
+        click.echo(f"reconciliation {cancelled['id']} of {cancelled['participant']}/{cancelled['keyType']}: "
+                   f"cancel requested in phase {cancelled['phase']!r}")
+        return
+    if participant is None or key_type is None:
+        raise click.UsageError("give --participant and --key-type (or --cancel ID)")
     run = asyncio.run(run_reconciliation(target, tokens[0], participant, key_type))
     click.echo(f"reconciliation {run['id']}: path {run['path']}, added {run['added']}, removed {run['removed']}, "
                f"changed {run['changed']}, result {run['result']}" + (f" ({run['error']})" if run["error"] else ""))

@@ -65,6 +65,8 @@ class Reconciliation:
     started_at: datetime
     path: str = "cheap"
     phase: str = "starting"
+    state: str = "running"  # running | waiting (``waiting_for`` says on what) | finished | cancelled
+    waiting_for: str | None = None
     done: int = 0
     total: int = 0
     added: int = 0
@@ -81,7 +83,8 @@ class Reconciliation:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready camelCase view (no personal data: counts, CID-free phases)."""
         return {"id": self.id, "participant": self.participant, "keyType": self.key_type, "trigger": self.trigger,
-                "path": self.path, "phase": self.phase, "progress": {"done": self.done, "total": self.total},
+                "path": self.path, "phase": self.phase, "state": self.state, "waitingFor": self.waiting_for,
+                "progress": {"done": self.done, "total": self.total},
                 "added": self.added, "removed": self.removed, "changed": self.changed, "deferred": self.deferred,
                 "superseded": self.superseded, "attempts": self.attempts,
                 "result": self.result, "error": self.error, "startedAt": self.started_at.isoformat(),
@@ -130,6 +133,7 @@ class Reconciler:
         self._lookups: list[tuple[tuple[str, str], set[str], asyncio.Future[dict[str, str]]]] = []
         self._scanner: asyncio.Future[None] | None = None
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tasks: dict[str, asyncio.Future[Reconciliation]] = {}
 
     def running(self) -> list[Reconciliation]:
         """Runs not finished yet."""
@@ -145,7 +149,25 @@ class Reconciler:
                 return run
         run = Reconciliation(str(uuid.uuid4()), participant, key_type, trigger, datetime.now(UTC))
         self.runs[run.id] = run
-        asyncio.ensure_future(self.run(run))
+        task = asyncio.ensure_future(self.run(run))
+        self._tasks[run.id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(run.id, None))
+        return run
+
+    def cancel(self, run_id: str) -> Reconciliation | None:
+        """Cancel a running reconciliation (e.g. one waiting hours for the DICT's CID file budget).
+
+        The run ends as ``CANCELLED`` (audited like any other) and releases its pair at once;
+        corrective events already sent stay (each is conditional, so none undoes a newer change).
+
+        Returns:
+            The run (already finished runs are returned unchanged), or None when there is no such run.
+        """
+        run = self.runs.get(run_id)
+        task = self._tasks.get(run_id)
+        if run is not None and task is not None and not task.done():
+            run.error = "cancelled by an operator"
+            task.cancel()
         return run
 
     async def run(self, run: Reconciliation) -> Reconciliation:
@@ -163,8 +185,14 @@ class Reconciler:
             except (VsyncError, OSError) as exc:
                 run.result, run.error = "ERROR", f"{type(exc).__name__}: {exc}"
                 log.error("reconciliation %s of %s/%s failed: %s", run.id, run.participant, run.key_type, run.error)
+            except asyncio.CancelledError:
+                run.result, run.error = "CANCELLED", run.error or "cancelled (the worker is stopping)"
+                log.warning("reconciliation %s of %s/%s cancelled in phase %r", run.id, run.participant,
+                            run.key_type, run.phase)
             finally:
                 run.finished_at = datetime.now(UTC)
+                run.state = "cancelled" if run.result == "CANCELLED" else "finished"
+                run.waiting_for = None
                 run.phase = "finished"
                 RECONCILIATIONS.labels(path=run.path, result=run.result or "ERROR").inc()
                 RECONCILIATION_SECONDS.observe(time.perf_counter() - started)
@@ -177,8 +205,9 @@ class Reconciler:
                          run.changed)
         return run
 
-    def _phase(self, run: Reconciliation, phase: str, total: int = 0) -> None:
+    def _phase(self, run: Reconciliation, phase: str, total: int = 0, waiting_for: str | None = None) -> None:
         run.phase, run.done, run.total = phase, 0, total
+        run.state, run.waiting_for = ("waiting", waiting_for) if waiting_for else ("running", None)
         run.history.append(phase)
         log.info("reconciliation %s %s/%s: %s", run.id, run.participant, run.key_type, phase)
 
@@ -222,11 +251,18 @@ class Reconciler:
         await self._correct(run, only_dict, only_local, cut_ms)
 
     async def _full_path(self, run: Reconciliation) -> None:
-        self._phase(run, "requesting the DICT's CID file")
+        budget_wait = self._budget_wait("CreateCidFile")
+        if budget_wait > 0:  # 40 files a day: the run may wait hours; it says so and can be cancelled
+            self._phase(run, "waiting for the DICT's CID file budget", waiting_for=(
+                f"the DICT's CID file budget (CreateCidFile, 40 a day) is spent; the next file can be requested "
+                f"in about {budget_wait / 60:.0f} min (cancel with POST /reconciliations/{run.id}/cancel)"))
+        else:
+            self._phase(run, "requesting the DICT's CID file")
         job = await self.bridge.create_cid_file(run.participant, run.key_type)
         requested = datetime.now(UTC)
         deadline = time.monotonic() + CID_FILE_WAIT_S
-        self._phase(run, "waiting for the DICT's CID file")
+        self._phase(run, "waiting for the DICT's CID file", waiting_for=f"the DICT prepares CID file {job}; "
+                                                                       f"polled every {self.cid_file_poll_s:g} s")
         while True:
             status = await self.bridge.get_cid_file(job)
             if status.status == "AVAILABLE":
@@ -284,6 +320,11 @@ class Reconciler:
             run.deferred += len(explained_dict) + len(explained_local)
             log.info("reconciliation %s: %d differences changed at the DICT after the file's time; left to the "
                      "pipeline", run.id, len(explained_dict) + len(explained_local))
+
+    def _budget_wait(self, operation: str) -> float:
+        """Seconds until the client's bucket for ``operation`` holds a token (0.0 if unpaced)."""
+        pacer = getattr(self.bridge, "pacer", None)
+        return float(pacer.seconds_until_token(operation)) if pacer is not None else 0.0
 
     def _progress(self, run: Reconciliation) -> Callable[[int], None]:
         def advance(n: int) -> None:

@@ -294,6 +294,26 @@ def register_views(vapp: VsyncApp) -> None:
             return self.json({"error": "no such reconciliation on the coordinator since it started"}, status=404)
         return self.json(run.to_json())
 
+    class CancelReconciliationView(View):
+        async def post(self, request: Request, run_id: str) -> Response:
+            refused = denied(self, request, Scope.OPERATE)
+            if refused is not None:
+                return refused
+            if await read_body(request, max_body) is None:
+                return too_large(self, max_body)
+            forwarded = await on_coordinator(self, request)
+            if forwarded is not None:
+                return forwarded
+            try:
+                run = vapp.reconciler().cancel(run_id)
+            except StateNotReady as exc:
+                return not_ready(self, exc)
+            if run is None:
+                return self.json({"error": "no such reconciliation on the coordinator since it started"}, status=404)
+            return self.json(run.to_json(), status=202)
+
+    app.page("/reconciliations/{run_id}/cancel")(CancelReconciliationView)
+
     # -- health ------------------------------------------------------------------------------------
     @app.page("/healthz")
     async def health_view(self: View, request: Request) -> Response:
