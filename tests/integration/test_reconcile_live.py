@@ -11,14 +11,14 @@ import asyncio
 import random
 import time
 import uuid
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.conftest import Pipeline, PipelineFactory
+from tests.integration.conftest import PipelineFactory
 from tests.integration.helpers import diverge, served_vsyncs, truth, wait_converged
+from tests.integration.live_traffic import LiveTraffic, frozen_keys, wait_phase
 from tests.integration.test_pipeline import make_history
 from vsync_stream.cli import request_verification, run_reconciliation
 from vsync_stream.domain.events import Expectation, KeyChange, encode_change
@@ -27,60 +27,6 @@ from vsync_stream.simulator.population import generate_entries, random_update_ch
 pytestmark = pytest.mark.integration
 
 P1, P2 = "12345678", "00000208"
-
-
-@dataclass
-class LiveTraffic:
-    """Creates, updates and deletes the DICT confirms and the connector publishes, ``rate`` per second,
-    never touching ``frozen`` keys (those diverged behind the pipeline's back)."""
-
-    pipeline: Pipeline
-    frozen: set[str]
-    rate: float = 60.0
-    seed: int = 7
-    sent: int = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        rng = random.Random(self.seed)
-        fresh = generate_entries(10**6, [P1, P2], seed=self.seed + 1000)
-        model = self.pipeline.model
-        batch = max(1, int(self.rate / 10))
-        while not stop.is_set():
-            events = []
-            for _ in range(batch):
-                live = [e for e in model.entries() if e.key not in self.frozen] if rng.random() < 0.5 else []
-                if not live:
-                    entry = next(fresh)
-                    if model.entry(entry.key) is None:
-                        events.append(model.create(entry))
-                elif rng.random() < 0.7:
-                    entry = rng.choice(live)
-                    events.append(model.update(entry.key, **random_update_changes(entry, rng)))
-                else:
-                    events.append(model.delete(rng.choice(live).key))
-            await self.pipeline.publish(events)
-            self.sent += len(events)
-            await asyncio.sleep(0.1)
-
-
-async def wait_phase(pipeline: Pipeline, runs: int, phase: str, timeout_s: float = 240) -> None:
-    """Wait until ``runs`` running reconciliations have all been through ``phase``."""
-    async with aiohttp.ClientSession() as session:
-        for _ in range(int(timeout_s * 5)):
-            async with session.get(f"{pipeline.worker.base_url}/reconciliations") as resp:
-                doc = await resp.json()
-            done = [r for r in doc["running"] if phase in r["history"]]
-            finished = [r for r in doc["recent"]]
-            if len(done) + len(finished) >= runs:
-                return
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"the reconciliations did not reach {phase!r}; see {pipeline.worker.log_path}")
-
-
-def frozen_keys(pipeline: Pipeline) -> set[str]:
-    """The keys ``diverge`` tampers with (the last entry of each pair it picks) and its new key."""
-    by_pair = {(e.participant, e.key_type): e for e in pipeline.model.entries()}
-    return {e.key for e in by_pair.values()} | {"52998224725"}
 
 
 async def test_full_path_under_live_traffic_corrects_only_the_divergences(pipeline_factory: PipelineFactory) -> None:
