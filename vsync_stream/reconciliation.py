@@ -370,8 +370,10 @@ class Reconciler:
                        cut_ms: int) -> None:
         self._phase(run, "fetching the DICT's entries by CID", total=len(only_dict))
         entries: dict[str, Entry] = {}
+        fetched_at: dict[str, int] = {}  # CID -> epoch ms when its fetch started: the entry's moment
         for cid in sorted(only_dict):
             try:
+                fetched_at[cid] = int(time.time() * 1000)
                 entries[cid] = await self.bridge.get_entry_by_cid(run.participant, run.key_type, cid)
             except BridgeError as exc:
                 if type(exc).__name__ != "BridgeNotFound":
@@ -391,7 +393,9 @@ class Reconciler:
                 run.deferred += 1
                 CORRECTIONS_DEFERRED.labels(side="row").inc()
                 continue
-            event = change_of(corrective_event(correction, stored, int(time.time() * 1000), cut_ms))
+            # An add or replace orders when its entry was fetched: a DICT event after that beats it.
+            moment = fetched_at.get(correction.dict_cid or "", int(time.time() * 1000))
+            event = change_of(corrective_event(correction, stored, moment, cut_ms))
             await self._send_event(event)
             await self._send_notice(_notice(run, correction))
             # CIDs and the event id only: the Pix key and the entry are personal data.

@@ -110,14 +110,14 @@ def corrective_event(correction: Correction, stored: EntryState | None, now_ms: 
     The event carries ``stored`` as its expectation, so the fold applies it only while the row is
     still that one (a removal also checks participant and key type): an event folded meanwhile
     supersedes it. Its ordering token beats ``stored`` (same version, a later ``occurredAt``) while
-    any later event of the DICT still beats it: an add or replace orders at ``now_ms`` (when the
-    DICT's entry was fetched), a removal at ``cut_ms`` (when the DICT's set it was judged by was
-    taken), so an event that occurred after the cut is never undone by it.
+    any later event of the DICT still beats it: an add or replace orders at ``now_ms`` (pass the
+    moment the DICT's entry was fetched), a removal at ``cut_ms`` (when the DICT's set it was
+    judged by was taken), so an event that occurred after those is never undone by it.
 
     Args:
         correction: the change to make.
         stored: the table's state of the key, if any, as read when the correction was judged.
-        now_ms: the current time, epoch milliseconds UTC.
+        now_ms: when the DICT's entry was fetched (or the current time), epoch milliseconds UTC.
         cut_ms: the time of the DICT's CID set the removal was judged by (epoch ms); ``now_ms`` if None.
     """
     version = stored.version if stored is not None else None
