@@ -35,19 +35,26 @@ class LiveTraffic:
         fresh = generate_entries(10**6, list(self.participants), seed=self.seed + 1000)
         model = self.pipeline.model
         batch = max(1, int(self.rate / 10))
+        keys = [e.key for e in model.entries() if e.key not in self.frozen]  # live keys, pruned lazily
         while not stop.is_set():
             events = []
             for _ in range(batch):
-                live = [e for e in model.entries() if e.key not in self.frozen] if rng.random() < 0.5 else []
-                if not live:
-                    entry = next(fresh)
-                    if model.entry(entry.key) is None:
-                        events.append(model.create(entry))
+                entry = None
+                if keys and rng.random() < 0.5:
+                    i = rng.randrange(len(keys))
+                    entry = model.entry(keys[i])
+                    if entry is None:  # deleted earlier: forget it, create instead
+                        keys[i] = keys[-1]
+                        keys.pop()
+                if entry is None:
+                    fresh_entry = next(fresh)
+                    if model.entry(fresh_entry.key) is None:
+                        events.append(model.create(fresh_entry))
+                        keys.append(fresh_entry.key)
                 elif rng.random() < 0.7:
-                    entry = rng.choice(live)
                     events.append(model.update(entry.key, **random_update_changes(entry, rng)))
                 else:
-                    events.append(model.delete(rng.choice(live).key))
+                    events.append(model.delete(entry.key))
             self.history += events
             repeats = [rng.choice(self.history) for _ in events if rng.random() < self.duplicate_rate]
             await self.pipeline.publish(events + repeats)  # the connector publishes some events twice
