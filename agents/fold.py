@@ -28,14 +28,14 @@ from vsync_stream.dead_letters import dead_letter_record
 from vsync_stream.domain.events import decode_change
 from vsync_stream.domain.fold import EntryState, FoldStatus, fold
 from vsync_stream.errors import InvalidEvent
-from vsync_stream.metrics import EVENTS_DUPLICATE, EVENTS_FOLDED, EVENTS_STALE
+from vsync_stream.metrics import CORRECTIONS_SUPERSEDED, EVENTS_DUPLICATE, EVENTS_FOLDED, EVENTS_STALE
 from vsync_stream.tables.entries import OFFSET_KEY, EntriesTable, encode_offset
 
 log = logging.getLogger(__name__)
 
 EXIT_FOLD_FAILED = 70  # EX_SOFTWARE: the supervisor restarts the worker
 
-_APPLIED, _DUPLICATE = FoldStatus.APPLIED, FoldStatus.DUPLICATE
+_APPLIED, _DUPLICATE, _SUPERSEDED = FoldStatus.APPLIED, FoldStatus.DUPLICATE, FoldStatus.SUPERSEDED
 
 
 class Fold:
@@ -94,7 +94,7 @@ class Fold:
         self._sought.pop(tp, None)
         pending: dict[bytes, bytes] = {}
         rejected: list[tuple[bytes | None, bytes]] = []
-        folded = duplicate = stale = 0
+        folded = duplicate = stale = superseded = 0
         ledger = pstate.ledger
         read = entries.reader(partition)
         max_bytes = self.max_event_bytes
@@ -131,8 +131,9 @@ class Fold:
                     ledger.add(*outcome.added)
             elif status is _DUPLICATE:
                 duplicate += 1
-            else:
+            else:  # stale, or a correction superseded by a newer change (counted as stale too)
                 stale += 1
+                superseded += status is _SUPERSEDED
                 continue
             # A duplicate is written again: if a crash lost the first changelog write, the replay
             # must put it back, or a standby restoring from the changelog would differ.
@@ -148,6 +149,8 @@ class Fold:
         EVENTS_FOLDED.inc(folded)
         EVENTS_DUPLICATE.inc(duplicate)
         EVENTS_STALE.inc(stale)
+        if superseded:
+            CORRECTIONS_SUPERSEDED.inc(superseded)
         return len(records)
 
     async def _seek_back(self, tp: TP, offset: int) -> int:

@@ -60,6 +60,17 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX reconciliations_pair_time ON reconciliations (app_id, participant, key_type, finished_at DESC);
     """,
+    # The client's DICT token buckets, shared by the workers of an app id (bridges/pacing.py): the
+    # level at updated_at (the database's clock), refilled on read.
+    """
+    CREATE TABLE dict_budgets (
+        app_id      TEXT NOT NULL,
+        operation   TEXT NOT NULL,
+        tokens      DOUBLE PRECISION NOT NULL,
+        updated_at  TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (app_id, operation)
+    );
+    """,
 ]
 _LOCK_ID = 0x7653594E43  # "vSYNC": advisory lock held while migrating
 
@@ -200,6 +211,30 @@ class AuditStore:
             run.added,
             run.removed, run.changed, run.result or "ERROR", run.error, json.dumps(run.history), run.started_at,
             run.finished_at)
+
+    async def sync_budgets(self, shapes: dict[str, tuple[float, float, float]]) -> dict[str, float]:
+        """Exchange DICT budget levels with the other workers of the app id (``Pacer.share``).
+
+        Args:
+            shapes: operation -> (bucket capacity, refill per second, tokens this worker took since
+                its last exchange).
+
+        Returns:
+            operation -> the shared level now: the stored level refilled for the time elapsed (on
+            the database's clock, so workers' clocks do not matter), minus the tokens handed over.
+            A bucket never stored starts full (the DICT's buckets start full).
+        """
+        levels: dict[str, float] = {}
+        async with self.pool.acquire() as conn, conn.transaction():
+            for op, (capacity, refill_per_s, taken) in sorted(shapes.items()):
+                levels[op] = await conn.fetchval(
+                    "INSERT INTO dict_budgets AS b (app_id, operation, tokens, updated_at)"
+                    " VALUES ($1, $2, $3::float8 - $5::float8, now())"
+                    " ON CONFLICT (app_id, operation) DO UPDATE SET tokens = LEAST($3::float8, b.tokens"
+                    " + $4::float8 * EXTRACT(EPOCH FROM (now() - b.updated_at))::float8) - $5::float8,"
+                    " updated_at = now() RETURNING tokens",
+                    self.app_id, op, capacity, refill_per_s, taken)
+        return levels
 
     async def recent_reconciliations(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest reconciliation runs first, as camelCase dicts."""

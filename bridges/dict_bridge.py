@@ -157,7 +157,8 @@ class BridgeClient:
         self._stub = pb_grpc.DictBridgeStub(self._channel)
 
     async def stop(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Close the channel (calls in flight are cancelled) and store the last budget levels."""
+        await self.pacer.close()
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close()

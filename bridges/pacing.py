@@ -6,9 +6,10 @@ that finds the bucket empty is refused (RESOURCE_EXHAUSTED). The client keeps a 
 shape per operation and takes a token before each call attempt, waiting asynchronously when it is
 empty, so the DICT's bucket is never found empty by this client.
 
-The buckets are :class:`aiolimiter.AsyncLimiter` instances: a leaky bucket whose level starts at 0
-and drains at ``max_rate / time_period`` per second is exactly a token bucket that starts full with
-``capacity = max_rate`` and ``refill = max_rate / time_period``.
+The buckets are this module's own :class:`TokenBucket` (a few lines; no private fields of a
+library are read). Their levels can be shared through the audit store by every worker of the app
+id (:meth:`Pacer.share`): the DICT's buckets do not refill because a worker restarted or the
+coordinator moved, so the client's must not start full then either (issue #14, item 7).
 
 Why a reserve: the DICT takes the token when the request *arrives*, the client when it *leaves*.
 If an earlier request is delayed more than a later one (connection set-up, network jitter), the two
@@ -24,18 +25,16 @@ import functools
 import logging
 import math
 import re
+import time
 import weakref
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from aiolimiter import AsyncLimiter
-
-from vsync_stream.bridges import aiolimiter_seam
 from vsync_stream.metrics import BRIDGE_PACING_WAIT, BRIDGE_TOKENS
 
-__all__ = ["DICT_RATE_LIMITS", "Pacer", "RateLimit", "parse_rate_limits", "reserve_tokens"]
+__all__ = ["DICT_RATE_LIMITS", "Pacer", "RateLimit", "TokenBucket", "parse_rate_limits", "reserve_tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +134,71 @@ def reserve_tokens(limit: RateLimit, margin_s: float) -> int:
     return max(0, min(wanted, math.ceil(limit.capacity) - 1))
 
 
+class TokenBucket:
+    """A token bucket: ``capacity`` tokens, refilled continuously at ``refill_per_s`` tokens/second.
+
+    Starts full unless ``tokens`` is given. The level may go below zero when it is set from a shared
+    store where other workers took tokens (a debt the refill pays back first). Waiters are served
+    one at a time, in arrival order.
+
+    Args:
+        capacity: the most tokens the bucket holds (> 0).
+        refill_per_s: tokens added per second (> 0).
+        tokens: the starting level; ``capacity`` when None.
+        clock: monotonic clock, seconds (``time.monotonic``; the event loop uses the same clock).
+    """
+
+    def __init__(self, capacity: float, refill_per_s: float, tokens: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not capacity > 0 or not refill_per_s > 0:
+            raise ValueError("a token bucket needs a positive capacity and refill rate")
+        self.capacity, self.refill_per_s = float(capacity), float(refill_per_s)
+        self._clock = clock
+        self._tokens = self.capacity if tokens is None else min(self.capacity, float(tokens))
+        self._at = clock()
+        self._lock: asyncio.Lock | None = None
+
+    def level(self) -> float:
+        """Tokens in the bucket now (may be negative after :meth:`set_level`); reading changes nothing."""
+        return min(self.capacity, self._tokens + (self._clock() - self._at) * self.refill_per_s)
+
+    def set_level(self, tokens: float) -> None:
+        """Set the level now (e.g. to the shared level read from the audit store)."""
+        self._tokens, self._at = min(self.capacity, float(tokens)), self._clock()
+
+    def seconds_until(self, tokens: float = 1.0) -> float:
+        """Seconds until ``tokens`` are in the bucket (0.0 when they are there now)."""
+        return max(0.0, (tokens - self.level()) / self.refill_per_s)
+
+    @property
+    def contended(self) -> bool:
+        """True while callers wait in :meth:`take` (a new caller queues behind them)."""
+        return self._lock is not None and self._lock.locked()
+
+    def try_take(self) -> float:
+        """Take one token if there is one; return 0.0, else the seconds until there is one (nothing taken)."""
+        level = self.level()
+        if level >= 1.0:
+            self._tokens, self._at = level - 1.0, self._clock()
+            return 0.0
+        return (1.0 - level) / self.refill_per_s
+
+    async def take(self) -> None:
+        """Take one token, waiting (asynchronously, first come first served) until there is one."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            while (wait := self.try_take()) > 0:
+                await asyncio.sleep(wait)
+
+
+# Reads the shared levels and subtracts what this worker took since the last call: operation ->
+# (capacity, refill per second, tokens taken) in, operation -> level now out.
+BudgetSync = Callable[[dict[str, tuple[float, float, float]]], Awaitable[dict[str, float]]]
+
+
 class Pacer:
     """One client-side token bucket per operation; :meth:`acquire` waits for a token.
-
-    Build it inside the event loop that will use it (the buckets bind to the loop on first use).
 
     Args:
         limits: bucket shape per RPC name; an operation that is absent or maps to None is not paced.
@@ -152,16 +212,19 @@ class Pacer:
     def __init__(self, limits: Mapping[str, RateLimit | None], *, margin_s: float = 1.0) -> None:
         self.limits = {op: limit for op, limit in limits.items() if limit is not None}
         self.margin_s = margin_s
-        self._limiters: dict[str, AsyncLimiter] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         for op, limit in self.limits.items():
             usable = math.floor(limit.capacity) - reserve_tokens(limit, margin_s)
-            self._limiters[op] = AsyncLimiter(usable, usable / limit.refill_per_s)
+            self._buckets[op] = TokenBucket(usable, limit.refill_per_s)
+        self._taken: Counter[str] = Counter()
+        self._sync: BudgetSync | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self.waits: Counter[str] = Counter()
         self.waited_s: dict[str, float] = {}
         ref = weakref.ref(self)  # the gauge reads the newest Pacer at scrape time, without keeping it alive
-        for op in self._limiters:
+        for op in self._buckets:
             BRIDGE_TOKENS.labels(method=op).set_function(functools.partial(_tokens_left, ref, op))
-        for op in set(limits) - set(self._limiters):  # pacing turned off: no bucket to report
+        for op in set(limits) - set(self._buckets):  # pacing turned off: no bucket to report
             try:
                 BRIDGE_TOKENS.remove(op)
             except KeyError:
@@ -173,11 +236,62 @@ class Pacer:
         Returns:
             Between 0 and the usable capacity; ``inf`` when the operation is not paced.
         """
-        limiter = self._limiters.get(operation)
-        if limiter is None:
-            return math.inf
-        level = aiolimiter_seam.level_now(limiter)  # read without leaking, so a scrape changes nothing
-        return max(0.0, limiter.max_rate - level)
+        bucket = self._buckets.get(operation)
+        return math.inf if bucket is None else max(0.0, bucket.level())
+
+    def seconds_until_token(self, operation: str) -> float:
+        """Seconds until ``operation``'s bucket holds a token (0.0 now, or when not paced)."""
+        bucket = self._buckets.get(operation)
+        return 0.0 if bucket is None else bucket.seconds_until(1.0)
+
+    async def share(self, sync: BudgetSync, interval_s: float = 1.0) -> None:
+        """Share the bucket levels with the other workers of the app id, through ``sync``.
+
+        Loads the shared levels now (so a restarted worker does not start with full buckets), then
+        keeps them in step every ``interval_s`` seconds in the background: each sync hands over the
+        tokens this worker took and sets every bucket to the shared level.
+
+        Raises:
+            Whatever ``sync`` raises on the first load (the worker then cannot pace safely).
+        """
+        self._sync = sync
+        await self.sync_now()
+        self._sync_task = asyncio.ensure_future(self._sync_loop(interval_s))
+
+    async def sync_now(self) -> None:
+        """One exchange with the shared store (no-op when not shared)."""
+        if self._sync is None:
+            return
+        taken, self._taken = self._taken, Counter()
+        shapes = {op: (b.capacity, b.refill_per_s, float(taken[op])) for op, b in self._buckets.items()}
+        try:
+            levels = await self._sync(shapes)
+        except BaseException:
+            self._taken.update(taken)  # hand them over next time
+            raise
+        for op, level in levels.items():
+            bucket = self._buckets.get(op)
+            if bucket is not None:
+                bucket.set_level(level - self._taken[op])  # tokens taken while the exchange ran
+
+    async def _sync_loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sync_now()
+            except Exception as exc:  # the store may be restarting: keep pacing on the local levels
+                log.warning("could not share the DICT budget levels (%s: %s); pacing on local levels",
+                            type(exc).__name__, exc)
+
+    async def close(self) -> None:
+        """Hand the last tokens taken to the store and stop sharing."""
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            self._sync_task = None
+            try:
+                await self.sync_now()
+            except Exception as exc:
+                log.warning("could not store the DICT budget levels at stop: %s", exc)
 
     async def acquire(self, operation: str) -> float:
         """Take one token of ``operation``'s bucket, waiting (asynchronously) until there is one.
@@ -185,16 +299,17 @@ class Pacer:
         Returns:
             Seconds waited (0.0 when a token was there, or the operation is not paced).
         """
-        limiter = self._limiters.get(operation)
-        if limiter is None:
+        bucket = self._buckets.get(operation)
+        if bucket is None:
             return 0.0
-        if limiter.has_capacity():
-            await limiter.acquire()
+        if not bucket.contended and bucket.try_take() == 0.0:
+            self._taken[operation] += 1
             return 0.0
         loop = asyncio.get_running_loop()
         started = loop.time()
         log.debug("Bridge %s paced: waiting for a token of the DICT's bucket", operation)
-        await limiter.acquire()
+        await bucket.take()
+        self._taken[operation] += 1
         waited = loop.time() - started
         BRIDGE_PACING_WAIT.labels(method=operation).inc(waited)
         self.waits[operation] += 1

@@ -183,11 +183,13 @@ class VsyncApp:
                               **self.bridge_tls,
                               rate_limits=parse_rate_limits(self.settings.bridge_rate_limits))
         await bridge.start()
+        if self.settings.persist_dict_budgets:  # budgets survive restarts and coordinator moves
+            await bridge.pacer.share(audit.sync_budgets)
         self._audit, self._bridge = audit, bridge
         self._reconciler = Reconciler(
             self.cluster, bridge, verify_pair=self._verify_pair, last_ok=audit.last_ok,
             send_event=self._send_correction, send_notice=self._send_notice, record=audit.record_reconciliation,
-            workdir=self.settings.reconcile_workdir)
+            workdir=self.settings.reconcile_workdir, cid_file_poll_s=self.settings.cid_file_poll_s)
         on_not_ok = self._start_reconciliation if self.settings.auto_reconcile else None
         self._verifier = Verifier(self.cluster.snapshot, bridge, audit, self.settings.participants,
                                   self.settings.key_types, on_not_ok)

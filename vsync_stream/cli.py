@@ -15,8 +15,13 @@ import click
 
 from vsync_stream.auth import operate_tokens
 from vsync_stream.bridges.faust_seam import faust_cli, hide_commands
+from vsync_stream.cli_support import (
+    cancel_reconciliation,
+    print_results_table,
+    request_verification,
+    run_reconciliation,
+)
 from vsync_stream.cli_support import load_settings as _settings
-from vsync_stream.cli_support import print_results_table, request_verification, run_reconciliation
 from vsync_stream.errors import VsyncError
 from vsync_stream.settings import Settings
 
@@ -70,13 +75,16 @@ def verify_command(url: str | None, as_json: bool) -> None:
 
 
 @click.command("reconcile")
-@click.option("--participant", required=True, help="ISPB of the pair to reconcile.")
-@click.option("--key-type", "key_type", required=True, type=click.Choice(["CPF", "CNPJ", "PHONE", "EMAIL", "EVP"]))
+@click.option("--participant", default=None, help="ISPB of the pair to reconcile.")
+@click.option("--key-type", "key_type", default=None, type=click.Choice(["CPF", "CNPJ", "PHONE", "EMAIL", "EVP"]))
+@click.option("--cancel", "cancel_id", default=None, metavar="ID",
+              help="Cancel the running reconciliation ID instead (e.g. one waiting for the DICT's CID file budget).")
 @click.option("--url", default=None, help="Worker web view URL [default: http://VSYNC_WEB_HOST:VSYNC_WEB_PORT]")
-def reconcile_command(participant: str, key_type: str, url: str | None) -> None:
+def reconcile_command(participant: str | None, key_type: str | None, cancel_id: str | None, url: str | None) -> None:
     """Reconcile one (participant, key type) with the DICT now, through a running worker.
 
     Shows the progress of each phase; exits 0 when the DICT answers OK afterwards, 1 otherwise.
+    With --cancel ID, cancels that run (releasing its pair) and exits 0.
     """
     settings = _settings()
     tokens = operate_tokens(settings)
@@ -84,6 +92,13 @@ def reconcile_command(participant: str, key_type: str, url: str | None) -> None:
         raise click.ClickException("no API token with the operate scope configured: set VSYNC_API_TOKENS or "
                                    "VSYNC_API_TOKENS_FILE (a bare token has scopes operate and entries)")
     target = url or f"http://{settings.web_host}:{settings.web_port}"
+    if cancel_id is not None:
+        cancelled = asyncio.run(cancel_reconciliation(target, tokens[0], cancel_id))
+        click.echo(f"reconciliation {cancelled['id']} of {cancelled['participant']}/{cancelled['keyType']}: "
+                   f"cancel requested in phase {cancelled['phase']!r}")
+        return
+    if participant is None or key_type is None:
+        raise click.UsageError("give --participant and --key-type (or --cancel ID)")
     run = asyncio.run(run_reconciliation(target, tokens[0], participant, key_type))
     click.echo(f"reconciliation {run['id']}: path {run['path']}, added {run['added']}, removed {run['removed']}, "
                f"changed {run['changed']}, result {run['result']}" + (f" ({run['error']})" if run["error"] else ""))

@@ -105,7 +105,7 @@ async def run_reconciliation(target: str, token: str, participant: str, key_type
                 if run.get("phase") != phase:
                     phase = run.get("phase")
                     bar.reset(total=run["progress"]["total"] or None)
-                    bar.set_description(str(phase))
+                    bar.set_description(str(phase) if not run.get("waitingFor") else f"{phase}: {run['waitingFor']}")
                 bar.n = run["progress"]["done"]
                 bar.refresh()
                 if run.get("finishedAt"):
@@ -113,3 +113,26 @@ async def run_reconciliation(target: str, token: str, participant: str, key_type
                 if asyncio.get_running_loop().time() > deadline:
                     raise click.ClickException(f"reconciliation {run_id} still running after {timeout_s:.0f} s")
                 await asyncio.sleep(0.5)
+
+
+async def cancel_reconciliation(target: str, token: str, run_id: str) -> dict[str, Any]:
+    """Ask a running worker to cancel a reconciliation (``POST /reconciliations/{id}/cancel``).
+
+    Returns:
+        The run as the coordinator holds it (camelCase JSON).
+
+    Raises:
+        click.ClickException: the worker refused, does not know the run, or cannot be reached.
+    """
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        try:
+            async with session.post(f"{target}/reconciliations/{run_id}/cancel",
+                                    headers={"Authorization": f"Bearer {token}"}) as resp:
+                body: dict[str, Any] = await resp.json(content_type=None)
+                if resp.status != 202:
+                    raise click.ClickException(f"worker answered {resp.status}: {body.get('error', body)}")
+                return body
+        except aiohttp.ClientError as exc:
+            raise click.ClickException(f"cannot reach the worker at {target} ({exc})") from exc

@@ -69,6 +69,14 @@ RECONCILIATION_PROGRESS = Gauge("vsync_reconciliation_progress_ratio",
                                 "Progress of the current phase of a running reconciliation (0 to 1)",
                                 ["participant", "key_type"])
 CORRECTIONS = Counter("vsync_corrections_total", "Corrections made by reconciliation", ["kind"])
+CORRECTIONS_SUPERSEDED = Counter(
+    "vsync_corrections_superseded_total",
+    "Corrections the fold did not apply because the key's row changed after the correction was judged "
+    "(also counted in vsync_events_stale_total)")
+CORRECTIONS_DEFERRED = Counter(
+    "vsync_corrections_deferred_total",
+    "Differences a reconciliation left to the next verification because the DICT's CID event log or the "
+    "key's row shows a change after the cut", ["side"])
 
 # -- the Bridge (gRPC gateway to the DICT) -----------------------------------------------------
 BRIDGE_SECONDS = Histogram("vsync_bridge_request_duration_seconds",

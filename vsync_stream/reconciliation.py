@@ -29,21 +29,22 @@ from typing import Any, Protocol
 from vsync_stream.domain.cidset import CidDiffSummary, CidSetDiff
 from vsync_stream.domain.entry import Entry
 from vsync_stream.domain.events import KeyChange, change_of
-from vsync_stream.domain.fold import EntryState, is_older
+from vsync_stream.domain.fold import EntryState, expectation_holds, is_older
 from vsync_stream.domain.reconcile import (
     Correction,
     CorrectionKind,
+    changed_after,
     corrective_event,
     net_cid_changes,
     plan_corrections,
 )
 from vsync_stream.errors import BridgeError, VsyncError
 from vsync_stream.logging_setup import log_context
-from vsync_stream.metrics import CORRECTIONS, RECONCILIATION_SECONDS, RECONCILIATIONS
+from vsync_stream.metrics import CORRECTIONS, CORRECTIONS_DEFERRED, RECONCILIATION_SECONDS, RECONCILIATIONS
 
 log = logging.getLogger(__name__)
 
-CID_FILE_POLL_S = 0.5
+CID_FILE_POLL_S = 60.0  # BCB: poll a requested CID file about once per minute
 CID_FILE_WAIT_S = 1800.0
 APPLY_WAIT_S = 120.0
 SCAN_GATHER_S = 0.2
@@ -64,11 +65,15 @@ class Reconciliation:
     started_at: datetime
     path: str = "cheap"
     phase: str = "starting"
+    state: str = "running"  # running | waiting (``waiting_for`` says on what) | finished | cancelled
+    waiting_for: str | None = None
     done: int = 0
     total: int = 0
     added: int = 0
     removed: int = 0
     changed: int = 0
+    deferred: int = 0
+    superseded: int = 0
     attempts: int = 0
     result: str | None = None
     error: str | None = None
@@ -78,8 +83,10 @@ class Reconciliation:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready camelCase view (no personal data: counts, CID-free phases)."""
         return {"id": self.id, "participant": self.participant, "keyType": self.key_type, "trigger": self.trigger,
-                "path": self.path, "phase": self.phase, "progress": {"done": self.done, "total": self.total},
-                "added": self.added, "removed": self.removed, "changed": self.changed, "attempts": self.attempts,
+                "path": self.path, "phase": self.phase, "state": self.state, "waitingFor": self.waiting_for,
+                "progress": {"done": self.done, "total": self.total},
+                "added": self.added, "removed": self.removed, "changed": self.changed, "deferred": self.deferred,
+                "superseded": self.superseded, "attempts": self.attempts,
                 "result": self.result, "error": self.error, "startedAt": self.started_at.isoformat(),
                 "finishedAt": self.finished_at.isoformat() if self.finished_at else None, "history": self.history}
 
@@ -107,6 +114,7 @@ class Reconciler:
         record: stores a finished run in the audit store.
         workdir: where CID files and diff buckets go (temporary).
         max_attempts: full-path attempts before giving up with NOK.
+        cid_file_poll_s: pause between polls of a requested CID file, seconds (BCB: about a minute).
     """
 
     def __init__(self, table: Table, bridge: Any, verify_pair: Callable[[str, str], Awaitable[str]],
@@ -114,8 +122,9 @@ class Reconciler:
                  send_event: Callable[[KeyChange], Awaitable[None]],
                  send_notice: Callable[[dict[str, Any]], Awaitable[None]],
                  record: Callable[[Reconciliation], Awaitable[None]], workdir: Path | None = None,
-                 max_attempts: int = 3) -> None:
+                 max_attempts: int = 3, cid_file_poll_s: float = CID_FILE_POLL_S) -> None:
         self.table, self.bridge = table, bridge
+        self.cid_file_poll_s = cid_file_poll_s
         self._verify_pair, self._last_ok = verify_pair, last_ok
         self._send_event, self._send_notice, self._record = send_event, send_notice, record
         self.workdir = workdir
@@ -124,6 +133,7 @@ class Reconciler:
         self._lookups: list[tuple[tuple[str, str], set[str], asyncio.Future[dict[str, str]]]] = []
         self._scanner: asyncio.Future[None] | None = None
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tasks: dict[str, asyncio.Future[Reconciliation]] = {}
 
     def running(self) -> list[Reconciliation]:
         """Runs not finished yet."""
@@ -139,7 +149,25 @@ class Reconciler:
                 return run
         run = Reconciliation(str(uuid.uuid4()), participant, key_type, trigger, datetime.now(UTC))
         self.runs[run.id] = run
-        asyncio.ensure_future(self.run(run))
+        task = asyncio.ensure_future(self.run(run))
+        self._tasks[run.id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(run.id, None))
+        return run
+
+    def cancel(self, run_id: str) -> Reconciliation | None:
+        """Cancel a running reconciliation (e.g. one waiting hours for the DICT's CID file budget).
+
+        The run ends as ``CANCELLED`` (audited like any other) and releases its pair at once;
+        corrective events already sent stay (each is conditional, so none undoes a newer change).
+
+        Returns:
+            The run (already finished runs are returned unchanged), or None when there is no such run.
+        """
+        run = self.runs.get(run_id)
+        task = self._tasks.get(run_id)
+        if run is not None and task is not None and not task.done():
+            run.error = "cancelled by an operator"
+            task.cancel()
         return run
 
     async def run(self, run: Reconciliation) -> Reconciliation:
@@ -157,8 +185,14 @@ class Reconciler:
             except (VsyncError, OSError) as exc:
                 run.result, run.error = "ERROR", f"{type(exc).__name__}: {exc}"
                 log.error("reconciliation %s of %s/%s failed: %s", run.id, run.participant, run.key_type, run.error)
+            except asyncio.CancelledError:
+                run.result, run.error = "CANCELLED", run.error or "cancelled (the worker is stopping)"
+                log.warning("reconciliation %s of %s/%s cancelled in phase %r", run.id, run.participant,
+                            run.key_type, run.phase)
             finally:
                 run.finished_at = datetime.now(UTC)
+                run.state = "cancelled" if run.result == "CANCELLED" else "finished"
+                run.waiting_for = None
                 run.phase = "finished"
                 RECONCILIATIONS.labels(path=run.path, result=run.result or "ERROR").inc()
                 RECONCILIATION_SECONDS.observe(time.perf_counter() - started)
@@ -171,8 +205,9 @@ class Reconciler:
                          run.changed)
         return run
 
-    def _phase(self, run: Reconciliation, phase: str, total: int = 0) -> None:
+    def _phase(self, run: Reconciliation, phase: str, total: int = 0, waiting_for: str | None = None) -> None:
         run.phase, run.done, run.total = phase, 0, total
+        run.state, run.waiting_for = ("waiting", waiting_for) if waiting_for else ("running", None)
         run.history.append(phase)
         log.info("reconciliation %s %s/%s: %s", run.id, run.participant, run.key_type, phase)
 
@@ -202,6 +237,7 @@ class Reconciler:
     async def _cheap_path(self, run: Reconciliation, since: datetime) -> None:
         self._phase(run, "reading the DICT's CID event log")
         events: list[tuple[str, str]] = []
+        cut_ms = int(time.time() * 1000)  # the log is read up to now: the local rows are judged as of then
         until = datetime.now(UTC) + timedelta(seconds=1)
         # Start a little before the last OK: the log is inclusive and clocks differ.
         async for event in self.bridge.iter_cid_events(run.participant, run.key_type, since - timedelta(seconds=5),
@@ -212,12 +248,21 @@ class Reconciler:
         local = await self._local_cids(run, added | removed)
         only_dict = {cid for cid in added if cid not in local}
         only_local = {cid: local[cid] for cid in removed if cid in local}
-        await self._correct(run, only_dict, only_local)
+        await self._correct(run, only_dict, only_local, cut_ms)
 
     async def _full_path(self, run: Reconciliation) -> None:
-        self._phase(run, "requesting the DICT's CID file")
+        budget_wait = self._budget_wait("CreateCidFile")
+        if budget_wait > 0:  # 40 files a day: the run may wait hours; it says so and can be cancelled
+            self._phase(run, "waiting for the DICT's CID file budget", waiting_for=(
+                f"the DICT's CID file budget (CreateCidFile, 40 a day) is spent; the next file can be requested "
+                f"in about {budget_wait / 60:.0f} min (cancel with POST /reconciliations/{run.id}/cancel)"))
+        else:
+            self._phase(run, "requesting the DICT's CID file")
         job = await self.bridge.create_cid_file(run.participant, run.key_type)
+        requested = datetime.now(UTC)
         deadline = time.monotonic() + CID_FILE_WAIT_S
+        self._phase(run, "waiting for the DICT's CID file", waiting_for=f"the DICT prepares CID file {job}; "
+                                                                       f"polled every {self.cid_file_poll_s:g} s")
         while True:
             status = await self.bridge.get_cid_file(job)
             if status.status == "AVAILABLE":
@@ -226,7 +271,10 @@ class Reconciler:
                 raise ReconciliationFailed(f"the DICT's CID file {job} ended as {status.status}")
             if time.monotonic() > deadline:
                 raise ReconciliationFailed(f"the DICT's CID file {job} was not ready within {CID_FILE_WAIT_S:.0f} s")
-            await asyncio.sleep(CID_FILE_POLL_S)
+            await asyncio.sleep(self.cid_file_poll_s)
+        # The file is the DICT's set at its request time: the cut every correction is judged against.
+        cut = status.requested_at or requested
+        cut_ms = int(cut.timestamp() * 1000)
         with tempfile.TemporaryDirectory(prefix="vsync-reconcile-", dir=self.workdir) as tmp:
             path = Path(tmp) / "dict.cids"
             self._phase(run, "downloading the CID file", total=status.byte_size or 0)
@@ -242,8 +290,41 @@ class Reconciler:
                  run.id, summary.remote_count, summary.local_count, summary.only_remote, summary.only_local)
         if summary.remote_duplicates:
             log.warning("reconciliation %s: the DICT's CID file repeats %d CIDs", run.id, summary.remote_duplicates)
+        if only_dict or only_local_cids:
+            await self._explain_window(run, cut, only_dict, only_local_cids)
         only_local = await self._local_cids(run, only_local_cids)
-        await self._correct(run, only_dict, only_local)
+        await self._correct(run, only_dict, only_local, cut_ms)
+
+    async def _explain_window(self, run: Reconciliation, cut: datetime, only_dict: set[str],
+                              only_local: set[str]) -> None:
+        """Drop the differences the DICT's CID event log explains (issue #14, item 1).
+
+        The local CIDs were read after the file's time, while the fold kept running: a CID the DICT
+        added since is not "only local", one it removed since is not "only at the DICT" — the
+        pipeline carries those changes itself. Any CID with an event from the cut to now is left
+        alone; the next verification decides about it.
+        """
+        self._phase(run, "reading the DICT's CID event log since the file's time")
+        touched: set[str] = set()
+        until = datetime.now(UTC) + timedelta(seconds=1)
+        # The file's time and the log's timestamps are both the DICT's clock; the start is inclusive.
+        async for event in self.bridge.iter_cid_events(run.participant, run.key_type, cut, until):
+            touched.add(event.cid.lower())
+            run.done += 1
+        explained_dict, explained_local = only_dict & touched, only_local & touched
+        only_dict -= explained_dict
+        only_local -= explained_local
+        if explained_dict or explained_local:
+            CORRECTIONS_DEFERRED.labels(side="dict").inc(len(explained_dict))
+            CORRECTIONS_DEFERRED.labels(side="local").inc(len(explained_local))
+            run.deferred += len(explained_dict) + len(explained_local)
+            log.info("reconciliation %s: %d differences changed at the DICT after the file's time; left to the "
+                     "pipeline", run.id, len(explained_dict) + len(explained_local))
+
+    def _budget_wait(self, operation: str) -> float:
+        """Seconds until the client's bucket for ``operation`` holds a token (0.0 if unpaced)."""
+        pacer = getattr(self.bridge, "pacer", None)
+        return float(pacer.seconds_until_token(operation)) if pacer is not None else 0.0
 
     def _progress(self, run: Reconciliation) -> Callable[[int], None]:
         def advance(n: int) -> None:
@@ -285,11 +366,14 @@ class Reconciler:
                 future.set_result({cid: key for cid, key in found[pair].items() if cid in wanted})
 
     # -- corrections --------------------------------------------------------------------------
-    async def _correct(self, run: Reconciliation, only_dict: set[str], only_local: dict[str, str]) -> None:
+    async def _correct(self, run: Reconciliation, only_dict: set[str], only_local: dict[str, str],
+                       cut_ms: int) -> None:
         self._phase(run, "fetching the DICT's entries by CID", total=len(only_dict))
         entries: dict[str, Entry] = {}
+        fetched_at: dict[str, int] = {}  # CID -> epoch ms when its fetch started: the entry's moment
         for cid in sorted(only_dict):
             try:
+                fetched_at[cid] = int(time.time() * 1000)
                 entries[cid] = await self.bridge.get_entry_by_cid(run.participant, run.key_type, cid)
             except BridgeError as exc:
                 if type(exc).__name__ != "BridgeNotFound":
@@ -299,12 +383,19 @@ class Reconciler:
         corrections = plan_corrections(run.participant, run.key_type, entries, only_local)
         self._phase(run, "sending corrective events", total=len(corrections))
         sent: list[tuple[bytes, KeyChange]] = []
-        now_ms = int(time.time() * 1000)
         for correction in corrections:
             key = correction.key.encode("utf-8")
             raw = await self.table.get_raw(key)
-            event = change_of(corrective_event(correction, EntryState.decode(raw) if raw is not None else None,
-                                               now_ms))
+            stored = EntryState.decode(raw) if raw is not None else None
+            run.done += 1
+            if not _still_judged(correction, stored, cut_ms):
+                # The row changed after the cut (or since the diff): a newer change wins (issue #14).
+                run.deferred += 1
+                CORRECTIONS_DEFERRED.labels(side="row").inc()
+                continue
+            # An add or replace orders when its entry was fetched: a DICT event after that beats it.
+            moment = fetched_at.get(correction.dict_cid or "", int(time.time() * 1000))
+            event = change_of(corrective_event(correction, stored, moment, cut_ms))
             await self._send_event(event)
             await self._send_notice(_notice(run, correction))
             # CIDs and the event id only: the Pix key and the entry are personal data.
@@ -313,7 +404,6 @@ class Reconciler:
                      extra={"event_id": event.event_id})
             sent.append((key, event))
             self._count(run, correction)
-            run.done += 1
         await self._wait_applied(run, sent)
 
     def _count(self, run: Reconciliation, correction: Correction) -> None:
@@ -335,6 +425,10 @@ class Reconciler:
             for key, event in pending:
                 raw = await self.table.get_raw(key)
                 state = EntryState.decode(raw) if raw is not None else None
+                if event.expected is not None and not expectation_holds(state, event, event.expected):
+                    if state is None or state.event_id != event.event_id:
+                        run.superseded += 1  # a newer change reached the row first: the fold left it
+                    continue
                 applied = state is not None and (state.event_id == event.event_id or is_older(event, state))
                 if not applied:
                     still.append((key, event))
@@ -362,6 +456,16 @@ def diff_file_with_local(cid_file: Path, local_cids: Iterator[str], workdir: Pat
         diff.local.extend_hex(local_cids)
         summary = diff.finish()
         return set(diff.only_remote()), set(diff.only_local()), summary
+
+
+def _still_judged(correction: Correction, stored: EntryState | None, cut_ms: int) -> bool:
+    """True when the key's row is still the one the diff judged: it holds the local CID the diff saw
+    (None for an add: no CID of the pair) and its last event does not lie after the cut."""
+    if changed_after(stored, cut_ms):
+        return False
+    if correction.local_cid is not None:
+        return stored is not None and stored.cid == correction.local_cid
+    return True
 
 
 def _notice(run: Reconciliation, correction: Correction) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
 
     auto_reconcile: bool = Field(True, description="Reconcile a (participant, key type) as soon as a verification answers NOK [env: VSYNC_AUTO_RECONCILE]")
     reconcile_workdir: Path | None = Field(None, description="Directory for CID files and diff buckets; system temp when unset [env: VSYNC_RECONCILE_WORKDIR]")
+    cid_file_poll_s: float = Field(60.0, gt=0, description="Seconds between polls of a requested CID file (BCB suggests about once per minute) [env: VSYNC_CID_FILE_POLL_S]")
+    persist_dict_budgets: bool = Field(True, description="Keep the client's DICT token-bucket levels in the audit store, shared by the workers of the app id, so a restart or a coordinator move does not start with full buckets [env: VSYNC_PERSIST_DICT_BUDGETS]")
 
     # --- worker and web view ---
     data_dir: Path = Field(Path(".local/worker"), description="Directory of the RocksDB table state [env: VSYNC_DATA_DIR]")

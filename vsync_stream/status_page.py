@@ -130,7 +130,9 @@ function progressBar(run) {
 
 function renderReconciliations(doc) {
   const running = doc.running.map((run) => el("tr", {"data-reconciliation": run.id, "data-phase": run.phase},
-    el("td", {}, run.participant), el("td", {}, run.keyType), el("td", {}, run.path), el("td", {}, run.phase),
+    el("td", {}, run.participant), el("td", {}, run.keyType), el("td", {}, run.path),
+    el("td", {"data-state": run.state || "running"},
+       run.waitingFor ? run.phase + " (" + run.waitingFor + ")" : run.phase),
     el("td", {}, progressBar(run)),
     el("td", {class: "num"}, run.progress.done + " / " + (run.progress.total || "?")),
     el("td", {class: "muted"}, ago(run.startedAt))));

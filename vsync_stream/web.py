@@ -97,9 +97,21 @@ def register_views(vapp: Worker) -> None:
         return view.json({"error": f"the token lacks the {scope.value!r} scope"}, status=403)
 
     async def read_body(request: Request, limit: int) -> bytes | None:
-        """The request body, or None when it is over ``limit`` bytes."""
-        body: bytes = await request.content.read(limit + 1)  # type: ignore[attr-defined]  # aiohttp's request
-        return None if len(body) > limit else body
+        """The whole request body, or None when it is over ``limit`` bytes.
+
+        ``StreamReader.read(n)`` returns what has arrived, at most ``n`` bytes (aiohttp hands a
+        large body over 64 KiB at a time), so the body is read to its end, chunk by chunk.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk: bytes = await request.content.read(limit + 1 - size)  # type: ignore[attr-defined]  # aiohttp request
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
 
     def too_large(view: View, limit: int) -> Response:
         return view.json({"error": f"request body over {limit} bytes"}, status=413)
@@ -312,6 +324,26 @@ def register_views(vapp: Worker) -> None:
         if run is None:
             return self.json({"error": "no such reconciliation on the coordinator since it started"}, status=404)
         return self.json(run.to_json())
+
+    class CancelReconciliationView(View):
+        async def post(self, request: Request, run_id: str) -> Response:
+            refused = denied(self, request, Scope.OPERATE)
+            if refused is not None:
+                return refused
+            if await read_body(request, max_body) is None:
+                return too_large(self, max_body)
+            forwarded = await on_coordinator(self, request)
+            if forwarded is not None:
+                return forwarded
+            try:
+                run = vapp.reconciler().cancel(run_id)
+            except StateNotReady as exc:
+                return not_ready(self, exc)
+            if run is None:
+                return self.json({"error": "no such reconciliation on the coordinator since it started"}, status=404)
+            return self.json(run.to_json(), status=202)
+
+    app.page("/reconciliations/{run_id}/cancel")(CancelReconciliationView)
 
     # -- health ------------------------------------------------------------------------------------
     @app.page("/healthz")

@@ -47,6 +47,8 @@ def run_env(run_id: str, *, bridge_target: str, participants: list[str], token: 
         "VSYNC_PARTICIPANTS": ",".join(participants),
         "VSYNC_PARTITIONS": str(partitions),
         "VSYNC_STANDBY_REPLICAS": "0",
+        # The simulator's CID files are ready within a second: poll them every second, not every minute.
+        "VSYNC_CID_FILE_POLL_S": "1",
     })
     env.update(extra or {})
     return env

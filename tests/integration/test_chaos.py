@@ -40,6 +40,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.chaos_driver import ChaosPublisher, FaultLog, inject_kafka_garbage, plan_faults, run_faults
+from tests.integration.chaos_reconcile import FULL_RECONCILE, REDUCED_RECONCILE, run_reconcile_chaos
 from tests.integration.chaos_stream import (
     FULL,
     REDUCED,
@@ -403,3 +404,14 @@ async def test_ledger_checks_never_see_a_half_folded_batch(pipeline_factory: Pip
     assert not drift, f"{len(drift)} ledger checks found the ledgers apart from the table, e.g. {drift[:2]}"
     dead = await read_dead_letters(kafka_bootstrap, pipeline.dead_letter_topic, len(garbage))
     assert sorted(payload for _, payload in dead) == sorted(value or b"" for _, value in garbage)  # null: b""
+
+
+# -- chaos case: live traffic during a full-path reconciliation (tests/integration/chaos_reconcile.py) --
+async def test_reduced_live_traffic_during_a_full_reconciliation(pipeline_factory: PipelineFactory) -> None:
+    await run_reconcile_chaos(pipeline_factory, REDUCED_RECONCILE)
+
+
+@pytest.mark.timeout(3600)
+@pytest.mark.chaos_full
+async def test_full_live_traffic_during_a_full_reconciliation(pipeline_factory: PipelineFactory) -> None:
+    await run_reconcile_chaos(pipeline_factory, FULL_RECONCILE)

@@ -115,3 +115,43 @@ async def test_paced_calls_conform_to_the_dict_bucket_despite_uneven_delays() ->
     usable = capacity - reserve_tokens(limit, 2 * spread)
     assert _rejections_at_the_dict(limit, reserved, [spread] * usable + [0.0] * (n - usable)) == 0
     assert _rejections_at_the_dict(limit, reserved, [0.0] * n) == 0
+
+
+def test_own_token_bucket_refills_and_waits_in_order() -> None:
+    from vsync_stream.bridges.pacing import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(3, 2.0, clock=lambda: now[0])
+    assert bucket.level() == 3
+    assert [bucket.try_take() for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
+    now[0] = 0.25
+    assert bucket.level() == pytest.approx(0.5) and bucket.seconds_until() == pytest.approx(0.25)
+    bucket.set_level(-1.0)  # other workers took more than this one saw: a debt
+    assert bucket.seconds_until() == pytest.approx(1.0)
+    now[0] = 100.0
+    assert bucket.level() == 3  # never above capacity
+
+
+async def test_shared_levels_are_loaded_so_a_restart_does_not_start_full() -> None:
+    store: dict[str, float] = {}
+
+    async def sync(shapes: dict[str, tuple[float, float, float]]) -> dict[str, float]:
+        for op, (capacity, _refill, taken) in shapes.items():
+            store[op] = store.get(op, capacity) - taken
+        return dict(store)
+
+    limits = {"CreateCidFile": RateLimit.per_day(40, 5)}
+    first = Pacer(limits, margin_s=0)
+    await first.share(sync, interval_s=3600)
+    for _ in range(4):
+        assert await first.acquire("CreateCidFile") == 0.0
+    await first.close()
+    assert store["CreateCidFile"] == 1
+    restarted = Pacer(limits, margin_s=0)
+    assert restarted.tokens_left("CreateCidFile") == 5  # alone it would start full...
+    await restarted.share(sync, interval_s=3600)
+    assert restarted.tokens_left("CreateCidFile") == pytest.approx(1, abs=0.01)  # ...shared, it does not
+    assert restarted.seconds_until_token("CreateCidFile") == 0.0
+    await restarted.acquire("CreateCidFile")
+    assert restarted.seconds_until_token("CreateCidFile") > 1000  # the next file waits for the daily refill
+    await restarted.close()

@@ -1,4 +1,4 @@
-"""The seams to faust-streaming, aiokafka, mode and aiolimiter (issue #17).
+"""The seams to faust-streaming, aiokafka and mode (issue #17).
 
 1. Contract: the installed libraries have every private attribute, method and signature each seam
    module relies on (its ``CONTRACT``), at the version the seam was tested with (its
@@ -26,17 +26,16 @@ import pytest
 from faust.tables import recovery as faust_recovery
 
 from tests.source_tree import ROOT, is_type_checking_block, package_modules, resolve_from
-from vsync_stream.bridges import aiokafka_seam, aiolimiter_seam, faust_seam, mode_seam
+from vsync_stream.bridges import aiokafka_seam, faust_seam, mode_seam
 
 SEAMS: dict[str, ModuleType] = {
     "vsync_stream.bridges.faust_seam": faust_seam,
     "vsync_stream.bridges.aiokafka_seam": aiokafka_seam,
     "vsync_stream.bridges.mode_seam": mode_seam,
-    "vsync_stream.bridges.aiolimiter_seam": aiolimiter_seam,
 }
 # import name → distribution
-LIBRARIES = {"faust": "faust-streaming", "aiokafka": "aiokafka", "mode": "mode-streaming",
-             "aiolimiter": "aiolimiter"}
+# (aiolimiter is gone: bridges/pacing.py has its own token bucket.)
+LIBRARIES = {"faust": "faust-streaming", "aiokafka": "aiokafka", "mode": "mode-streaming"}
 # Modules of those libraries whose names the package may use outside the seams: their documented
 # API. Everything else (drivers, stores, table internals, the protocol, the record parsers) is
 # internal and goes through a seam.
@@ -49,7 +48,6 @@ PUBLIC_MODULES = {
                  # ConfigResource, the argument of the public AIOKafkaAdminClient.describe_configs
                  "aiokafka.admin.config_resource"},
     "mode": {"mode"},
-    "aiolimiter": {"aiolimiter"},
 }
 # The package's own private attributes on objects of classes derived from those libraries, or in
 # modules importing them. Each is checked not to be a name the libraries use (no hidden clash).
@@ -214,11 +212,6 @@ def test_the_consumer_seam_acks_into_fausts_commit_bookkeeping() -> None:
         loop.close()
 
 
-def test_level_now_reads_the_bucket_without_leaking() -> None:
-    limiter = aiolimiter_seam.AsyncLimiter(10, 1)
-    assert aiolimiter_seam.level_now(limiter) == 0.0
-
-
 # -- 2. containment ------------------------------------------------------------------------------
 def _library_files() -> Iterator[Path]:
     for name in LIBRARIES:
@@ -324,7 +317,7 @@ class _Checker(ast.NodeVisitor):
         if name in self.own:
             return
         if on_self or self.touching or name in self.vocabulary:
-            self.flag(node, f"uses the private name {name} (of faust/aiokafka/mode/aiolimiter objects, or "
+            self.flag(node, f"uses the private name {name} (of faust/aiokafka/mode objects, or "
                             "unknown): go through a seam, or list the package's own name in OWN_PRIVATE")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
@@ -413,13 +406,13 @@ def private_name_uses() -> list[str]:
 
 def test_no_private_library_name_is_used_outside_the_seams() -> None:
     findings = private_name_uses()
-    assert not findings, "private faust/aiokafka/mode/aiolimiter names outside the seams:\n  " + "\n  ".join(findings)
+    assert not findings, "private faust/aiokafka/mode names outside the seams:\n  " + "\n  ".join(findings)
 
 
 def test_the_containment_check_finds_a_planted_use(tmp_path: Path) -> None:
     """The check can fail: a module like the ones before the seams is flagged on every count."""
     vocabulary = library_private_names()
-    assert {"_db_for_partition", "_ensure_producer", "_drain_messages", "_level"} <= vocabulary
+    assert {"_db_for_partition", "_ensure_producer", "_drain_messages"} <= vocabulary
     planted = tmp_path / "planted.py"
     planted.write_text(
         "from faust.tables.recovery import Recovery\n"

@@ -45,11 +45,63 @@ class KeyEvent:
     participant: str
     entry: Entry | None
     reason: str | None = None
+    expected: Expectation | None = None
 
     @property
     def is_delete(self) -> bool:
         """True for ``key.deleted``."""
         return self.action == "key.deleted"
+
+
+class Expectation(NamedTuple):
+    """What a conditional event (a reconciliation's correction) expects the table to hold for its key.
+
+    The fold applies the event only while the key's row is still exactly this (issue #14): the
+    CID it holds (None for a tombstone) and the ordering token of the last event applied to it
+    (``version``, ``occurred_at_ms`` in epoch ms, ``event_id``). ``event_id`` None means "absent":
+    the key had no row at all. A correction built from an older read therefore never beats an
+    event folded since; the fold counts it as superseded instead (``vsync_corrections_superseded_total``).
+    """
+
+    cid: str | None
+    version: int | None
+    occurred_at_ms: int | None
+    event_id: str | None
+
+    @property
+    def absent(self) -> bool:
+        """True when the key had no row when the expectation was taken."""
+        return self.event_id is None
+
+    def to_list(self) -> list[Any]:
+        """Compact form: ``[cid, version, occurredAtMs, eventId]`` (all null: absent)."""
+        return [self.cid, self.version, self.occurred_at_ms, self.event_id]
+
+    def to_json(self) -> dict[str, Any]:
+        """Contract form (the ``expected`` object of the event schema); ``{}`` means absent."""
+        if self.absent:
+            return {}
+        return {"cid": self.cid, "version": self.version, "occurredAtMs": self.occurred_at_ms,
+                "eventId": self.event_id}
+
+
+ABSENT = Expectation(None, None, None, None)
+
+
+def _expectation_of(value: Any) -> Expectation | None:
+    """Read an expectation in compact form (a 4-list) or contract form (an object); None when malformed."""
+    if isinstance(value, dict):
+        if not value:
+            return ABSENT
+        value = [value.get("cid"), value.get("version"), value.get("occurredAtMs"), value.get("eventId")]
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    cid, version, occurred, event_id = value
+    if event_id is None:
+        return ABSENT if cid is None and version is None and occurred is None else None
+    ok = (isinstance(event_id, str) and (cid is None or (isinstance(cid, str) and _CID_HEX(cid) is not None))
+          and (version is None or type(version) is int) and type(occurred) is int)
+    return Expectation(cid, version, occurred, event_id) if ok else None
 
 
 @cache
@@ -171,7 +223,19 @@ def validate_event_doc(doc: Any) -> KeyEvent:
         participant=raw_entry["account"]["participant"],
         entry=entry,
         reason=doc.get("reason"),
+        expected=_expected_field(doc),
     )
+
+
+def _expected_field(doc: dict[str, Any]) -> Expectation | None:
+    raw = doc.get("expected")
+    if raw is None:
+        return None
+    expectation = _expectation_of(raw)
+    if expectation is None:
+        raise InvalidEvent("invalid_expected", "field 'expected' must be {} (absent) or "
+                                               "{cid, version, occurredAtMs, eventId}")
+    return expectation
 
 
 def decode_event(payload: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> KeyEvent:
@@ -208,7 +272,7 @@ def event_to_json(event: KeyEvent) -> dict[str, Any]:
     else:
         entry = {"key": event.key, "keyType": event.key_type, "account": {"participant": event.participant}}
     occurred = datetime.fromtimestamp(event.occurred_at_ms / 1000, tz=UTC)
-    return {
+    doc = {
         "eventId": event.event_id,
         "action": event.action,
         "occurredAt": occurred.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -216,6 +280,9 @@ def event_to_json(event: KeyEvent) -> dict[str, Any]:
         "reason": event.reason,
         "entry": entry,
     }
+    if event.expected is not None:
+        doc["expected"] = event.expected.to_json()
+    return doc
 
 
 def encode_event(event: KeyEvent) -> bytes:
@@ -241,6 +308,7 @@ class KeyChange(NamedTuple):
     cid: str | None
     request_id: str | None
     reason: str | None = None
+    expected: Expectation | None = None  # set on a reconciliation's correction only
 
     @property
     def is_delete(self) -> bool:
@@ -253,11 +321,12 @@ def change_of(event: KeyEvent) -> KeyChange:
     entry = event.entry
     return KeyChange(event.event_id, event.action, event.occurred_at_ms, event.version, event.key, event.key_type,
                      event.participant, entry.cid if entry is not None else None,
-                     entry.request_id if entry is not None else None, event.reason)
+                     entry.request_id if entry is not None else None, event.reason, event.expected)
 
 
 RECORD_FORMAT = 1
 _RECORD_FIELDS = 11
+_CONDITIONAL_FIELDS = 12  # a correction appends its expectation
 _KEY_TYPE_NAMES = frozenset(kt.value for kt in KeyType)
 _CID_HEX = re.compile(r"[0-9a-f]{64}").fullmatch  # the stored form of a CID: 64 lower-case hex
 
@@ -265,11 +334,16 @@ _CID_HEX = re.compile(r"[0-9a-f]{64}").fullmatch  # the stored form of a CID: 64
 def encode_change(change: KeyChange) -> bytes:
     """Serialise a change as a key-events record: a JSON array, format 1.
 
-    ``[1, eventId, action, occurredAtMs, version, key, keyType, participant, cid, requestId, reason]``
+    ``[1, eventId, action, occurredAtMs, version, key, keyType, participant, cid, requestId, reason]``,
+    and for a conditional event (a correction) a twelfth field, its expectation
+    ``[expectedCid, expectedVersion, expectedOccurredAtMs, expectedEventId]`` (all null: the key
+    had no row); see :class:`Expectation`.
     """
-    return orjson.dumps([RECORD_FORMAT, change.event_id, change.action, change.occurred_at_ms, change.version,
-                         change.key, change.key_type, change.participant, change.cid, change.request_id,
-                         change.reason])
+    fields = [RECORD_FORMAT, change.event_id, change.action, change.occurred_at_ms, change.version,
+              change.key, change.key_type, change.participant, change.cid, change.request_id, change.reason]
+    if change.expected is not None:
+        fields.append(change.expected.to_list())
+    return orjson.dumps(fields)
 
 
 def decode_change(payload: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> KeyChange:
@@ -292,6 +366,11 @@ def decode_change(payload: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTE
         fields = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise InvalidEvent("malformed_record", "key-events record is not JSON") from None
+    expected: Expectation | None = None
+    if type(fields) is list and len(fields) == _CONDITIONAL_FIELDS:
+        expected = _expectation_of(fields.pop())
+        if expected is None:
+            raise InvalidEvent("malformed_record", "key-events record has a malformed expectation")
     if len(fields) != _RECORD_FIELDS:
         raise InvalidEvent("malformed_record", f"key-events record has {len(fields)} fields, not {_RECORD_FIELDS}")
     _fmt, event_id, action, occurred, version, key, key_type, participant, cid, request_id, reason = fields
@@ -305,4 +384,5 @@ def decode_change(payload: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTE
         ok = isinstance(cid, str) and _CID_HEX(cid) is not None and isinstance(request_id, str)
     if not ok:
         raise InvalidEvent("malformed_record", "key-events record has a field of the wrong type or value")
-    return KeyChange(event_id, action, occurred, version, key, key_type, participant, cid, request_id, reason)
+    return KeyChange(event_id, action, occurred, version, key, key_type, participant, cid, request_id, reason,
+                     expected)

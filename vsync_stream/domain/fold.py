@@ -9,7 +9,10 @@ with ``old`` read from the table, never from the event), so:
 * a stale event (older ordering token than the table holds) is counted and not applied;
 * a tombstone keeps its token, so a late create cannot resurrect a deleted key;
 * claims (delete at the donor, create at the claimer) end right in either arrival order, because
-  the row is keyed by the Pix key and ordered by the key's version.
+  the row is keyed by the Pix key and ordered by the key's version;
+* a conditional event (a reconciliation's correction, carrying an :class:`Expectation`) is applied
+  only while the row is still the one the correction was judged against; otherwise it is
+  superseded (issue #14: a correction built from an older read never beats a newer event).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import NamedTuple
 
 import orjson
 
-from vsync_stream.domain.events import KeyChange
+from vsync_stream.domain.events import Expectation, KeyChange
 
 
 class FoldStatus(StrEnum):
@@ -28,6 +31,7 @@ class FoldStatus(StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     STALE = "stale"
+    SUPERSEDED = "superseded"  # a correction whose expected row changed meanwhile (counted with stale)
 
 
 class EntryState(NamedTuple):
@@ -125,6 +129,22 @@ def is_same_event(event: KeyChange, stored: EntryState) -> bool:
             and event.occurred_at_ms == stored.occurred_at_ms)
 
 
+def expectation_holds(stored: EntryState | None, event: KeyChange, expected: Expectation) -> bool:
+    """Tell whether the table still holds what a conditional event expects (issue #14, item 2).
+
+    "Absent" holds only while the key has no row. Otherwise the row must carry the expected CID
+    (None: a tombstone) and ordering token; a removal also checks that the row belongs to its
+    participant and key type (one judged for a pair must not delete a key that moved to another,
+    e.g. by a claim), while an add or replace may move a key to the DICT's pair.
+    """
+    if expected.event_id is None:
+        return stored is None
+    if (stored is None or stored.event_id != expected.event_id or stored.cid != expected.cid
+            or stored.version != expected.version or stored.occurred_at_ms != expected.occurred_at_ms):
+        return False
+    return event.cid is not None or (stored.participant == event.participant and stored.key_type == event.key_type)
+
+
 def fold(stored: EntryState | None, event: KeyChange) -> FoldOutcome:
     """Apply one event to the state the table holds for its key.
 
@@ -136,12 +156,14 @@ def fold(stored: EntryState | None, event: KeyChange) -> FoldOutcome:
         The outcome; ``state`` is what the table must hold afterwards (unchanged when not applied),
         ``removed``/``added`` are the VSync contributions to XOR out/in.
     """
-    if stored is not None:
-        if is_same_event(event, stored):
-            return FoldOutcome(FoldStatus.DUPLICATE, stored)
-        # A reused event id with another token is not a replay: the order decides, like any event.
-        if is_older(event, stored):
-            return FoldOutcome(FoldStatus.STALE, stored)
+    if stored is not None and is_same_event(event, stored):
+        return FoldOutcome(FoldStatus.DUPLICATE, stored)
+    expected = event.expected
+    if expected is not None and not expectation_holds(stored, event, expected):
+        return FoldOutcome(FoldStatus.SUPERSEDED, stored)
+    # A reused event id with another token is not a replay: the order decides, like any event.
+    if stored is not None and is_older(event, stored):
+        return FoldOutcome(FoldStatus.STALE, stored)
     removed: Contribution | None = None
     if stored is not None and stored.cid is not None:
         removed = (stored.participant, stored.key_type, stored.cid)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from vsync_stream.domain.entry import Entry
-from vsync_stream.domain.events import KeyEvent
+from vsync_stream.domain.events import ABSENT, Expectation, KeyEvent
 from vsync_stream.domain.fold import EntryState
 
 RECONCILIATION_REASON = "RECONCILIATION"
@@ -90,25 +90,46 @@ def plan_corrections(participant: str, key_type: str, only_dict: Mapping[str, En
     return corrections
 
 
-def corrective_event(correction: Correction, stored: EntryState | None, now_ms: int) -> KeyEvent:
-    """The key event that applies ``correction`` through the fold.
+def expectation_of(stored: EntryState | None) -> Expectation:
+    """What a correction judged against ``stored`` expects the row to still be (None: absent)."""
+    if stored is None:
+        return ABSENT
+    return Expectation(stored.cid, stored.version, stored.occurred_at_ms, stored.event_id)
 
-    Its ordering token beats what the table holds for the key (same version, a later
-    ``occurredAt``), while any later event of the DICT — with a higher version — still beats it.
+
+def changed_after(stored: EntryState | None, cut_ms: int) -> bool:
+    """True when the row's last event occurred after the cut (epoch ms): a correction judged
+    against the DICT's state at the cut must leave it alone (issue #14, item 1)."""
+    return stored is not None and stored.occurred_at_ms > cut_ms
+
+
+def corrective_event(correction: Correction, stored: EntryState | None, now_ms: int,
+                     cut_ms: int | None = None) -> KeyEvent:
+    """The key event that applies ``correction`` through the fold, conditional on ``stored``.
+
+    The event carries ``stored`` as its expectation, so the fold applies it only while the row is
+    still that one (a removal also checks participant and key type): an event folded meanwhile
+    supersedes it. Its ordering token beats ``stored`` (same version, a later ``occurredAt``) while
+    any later event of the DICT still beats it: an add or replace orders at ``now_ms`` (pass the
+    moment the DICT's entry was fetched), a removal at ``cut_ms`` (when the DICT's set it was
+    judged by was taken), so an event that occurred after those is never undone by it.
 
     Args:
         correction: the change to make.
-        stored: the table's state of the key, if any.
-        now_ms: the current time, epoch milliseconds UTC.
+        stored: the table's state of the key, if any, as read when the correction was judged.
+        now_ms: when the DICT's entry was fetched (or the current time), epoch milliseconds UTC.
+        cut_ms: the time of the DICT's CID set the removal was judged by (epoch ms); ``now_ms`` if None.
     """
     version = stored.version if stored is not None else None
-    occurred = max(now_ms, stored.occurred_at_ms + 1) if stored is not None else now_ms
+    moment = now_ms if cut_ms is None or correction.kind is not CorrectionKind.REMOVE else cut_ms
+    occurred = max(moment, stored.occurred_at_ms + 1) if stored is not None else moment
+    expected = expectation_of(stored)
     if correction.kind is CorrectionKind.REMOVE:
         return KeyEvent(event_id=str(uuid.uuid4()), action="key.deleted", occurred_at_ms=occurred, version=version,
                         key=correction.key, key_type=correction.key_type, participant=correction.participant,
-                        entry=None, reason=RECONCILIATION_REASON)
+                        entry=None, reason=RECONCILIATION_REASON, expected=expected)
     assert correction.entry is not None
     action = "key.updated" if correction.kind is CorrectionKind.REPLACE else "key.created"
     return KeyEvent(event_id=str(uuid.uuid4()), action=action, occurred_at_ms=occurred, version=version,
                     key=correction.key, key_type=correction.key_type, participant=correction.participant,
-                    entry=correction.entry, reason=RECONCILIATION_REASON)
+                    entry=correction.entry, reason=RECONCILIATION_REASON, expected=expected)
