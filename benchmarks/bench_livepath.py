@@ -160,7 +160,12 @@ async def run_mode(mode: str, args: argparse.Namespace, tmp: Path, tag: str, pro
                 (adapter is None or adapter.poll() is None)
 
         # (a) catch-up
-        await asyncio.sleep(3.0 if in_worker else 0.5)  # let the children appear for the CPU meter
+        # let the adapter processes appear for the CPU meter (a supervisor starts its children once up)
+        parent = wpid if in_worker else apid
+        for _ in range(100):
+            if mode == "today" or len(children(parent or 0)) >= conc:
+                break
+            await asyncio.sleep(0.1)
         meter = CpuMeter(path_pids())
         meter.start()
         from benchmarks.bench_pipeline import product_handled, time_fold

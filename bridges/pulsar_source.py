@@ -97,7 +97,7 @@ class PulsarSource:
         self._finished = asyncio.Event()
 
     def _subscribe(self) -> None:
-        self._client = pulsar.Client(self.url, operation_timeout_seconds=30, logger=_quiet_logger(),
+        self._client = pulsar.Client(self.url, operation_timeout_seconds=30, logger=client_logger(),
                                      **self.client_options)
         self._consumer = self._client.subscribe(
             self.topic,
@@ -218,6 +218,16 @@ def _ack(consumer: Any, messages: list[Any]) -> None:
 def _negative_ack(consumer: Any, messages: list[Any]) -> None:
     for message in messages:
         consumer.negative_acknowledge(message)
+
+
+def client_logger() -> Any:
+    """The Pulsar C++ client's own console logger, warnings and errors only.
+
+    Not a Python logger: with one, the client's I/O thread calls into Python (and takes the GIL)
+    for its logging, which halved the adapter's rate (7,000 → 12,800-14,500 ev/s draining a backlog,
+    BENCHMARKS.md step [6]). Its lines (broker trouble only) are in the client's own format.
+    """
+    return pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
 
 
 def _quiet_logger() -> logging.Logger:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 import signal
 
 import click
@@ -25,6 +26,7 @@ from vsync_stream.bridges.kafka_security import kafka_security
 from vsync_stream.bridges.kafka_topics import ensure_topics, product_topics
 from vsync_stream.bridges.pulsar_security import pulsar_client_options
 from vsync_stream.bridges.pulsar_source import PulsarSource, Tally
+from vsync_stream.logging_setup import faust_logging_config
 from vsync_stream.names import ENTRIES_TABLE, changelog_topic
 from vsync_stream.settings import Settings
 
@@ -98,6 +100,10 @@ def adapter_command(concurrency: int | None, report_fd: int | None, parent_pid: 
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    json_config = faust_logging_config(settings.log_format)
+    if json_config is not None:  # the worker's JSON lines (a worker's adapter children write to its log)
+        logging.config.dictConfig({**json_config, "root": {"handlers": ["default"],
+                                                           "level": settings.log_level.upper()}})
     n = concurrency if concurrency is not None else max(settings.adapter_concurrency, 1)
     if parent_pid is not None:
         stop_with_parent(parent_pid)
