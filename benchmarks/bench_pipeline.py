@@ -53,6 +53,8 @@ from typing import Any
 import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # step [6] lives in benchmarks/bench_livepath.py
+    sys.path.insert(0, str(REPO))
 PARTICIPANTS = ["11111111", "22222222"]
 POLL_S = 0.05  # latency run
 FOLD_POLL_S = 0.1  # fold runs: polling costs the worker CPU too
@@ -258,6 +260,11 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     procs: list[Any] = []
 
     try:
+        if args.only_live:  # step [6] alone
+            from benchmarks.bench_livepath import live_args, livepath
+
+            results["live"] = await livepath(live_args(args), tmp, tag, procs)
+            return results
         # ---------------------------------------------------------------- 1. fold throughput
         t0 = time.perf_counter()
         from vsync_stream.simulator.model import DictModel
@@ -378,6 +385,12 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         # ---------------------------------------------------------------- 5. verification, 64 partitions
         if args.verify_rounds:
             results["verify"] = await verification(args, tmp, tag, procs, records, model)
+
+        # ---------------------------------------------------------------- 6. live path, today vs now
+        if args.live_modes:
+            from benchmarks.bench_livepath import live_args, livepath
+
+            results["live"] = await livepath(live_args(args), tmp, tag, procs)
     finally:
         for p in procs:
             if isinstance(p, subprocess.Popen):
@@ -639,6 +652,9 @@ def main() -> None:
     parser.add_argument("--tmp-dir", default=None, help="where data dirs and logs go [system temp dir]")
     parser.add_argument("--keep-tmp", action="store_true", help="keep data dirs and logs")
     parser.add_argument("--seed", type=int, default=20261129)
+    from benchmarks.bench_livepath import add_arguments, print_table
+
+    add_arguments(parser)  # step [6], the live path (benchmarks/bench_livepath.py)
     args = parser.parse_args()
 
     print(versions())
@@ -655,6 +671,10 @@ def main() -> None:
         else:
             print(f"data dirs and logs kept in {tmp}")
 
+    if r.get("live"):
+        print_table(r["live"])
+    if args.only_live:
+        return
     n = args.events
     fold_p, fold_b, rest = r["fold_product"], r["fold_baseline"], r["restore"]
     per_m = r["rss_empty_mb"] + (r["rss_full_mb"] - r["rss_empty_mb"]) * 1_000_000 / n

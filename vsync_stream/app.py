@@ -26,12 +26,10 @@ from vsync_stream.bridges.kafka_security import kafka_security
 from vsync_stream.bridges.kafka_topics import ensure_topics, product_topics
 from vsync_stream.bridges.pacing import parse_rate_limits
 from vsync_stream.bridges.pulsar_security import pulsar_client_options
-from vsync_stream.bridges.pulsar_source import PulsarSource
 from vsync_stream.bridges.tls import bridge_tls_kwargs, cluster_client_ssl_context, web_server_ssl_context
 from vsync_stream.cluster import Cluster
-from vsync_stream.dead_letters import dead_letter_record
 from vsync_stream.domain.events import KeyChange, encode_change
-from vsync_stream.errors import InvalidEvent, StateNotReady
+from vsync_stream.errors import StateNotReady
 from vsync_stream.logging_setup import faust_logging_config
 from vsync_stream.names import ENTRIES_TABLE, changelog_topic
 from vsync_stream.reconciliation import Reconciler
@@ -44,7 +42,6 @@ from vsync_stream.web import register_views
 
 log = logging.getLogger(__name__)
 
-ADAPTER_RESTART_DELAY_S = 2.0
 
 # Kafka client settings of the worker's Faust app (also used by the benchmark's baseline, so that
 # only the fold differs). The fold takes each partition's fetched records at once (agents/fold.py):
@@ -230,30 +227,18 @@ class VsyncApp:
         return self._verifier
 
     # -- the Pulsar-to-stream adapter ----------------------------------------------------------
-    async def _forward(self, change: KeyChange) -> Any:
-        return await self.key_events.send(key=change.key.encode("utf-8"), value=encode_change(change))
-
-    async def _dead_letter(self, payload: bytes, error: InvalidEvent, source: dict[str, Any]) -> Any:
-        record = dead_letter_record(payload, error, stage="adapter", source=source)
-        return await self.dead_letters.send(key=None, value=record)
-
     async def _run_adapter(self) -> None:
-        """Run the adapter for the life of the worker; restart it after an infrastructure error."""
-        s = self.settings
-        while not self.faust.should_stop:
-            source = PulsarSource(s.pulsar_url, s.pulsar_topic, s.pulsar_subscription, s.pulsar_subscription_type,
-                                  s.max_event_bytes, client_options=self.pulsar_options)
-            try:
-                await source.start()
-                await source.run(self._forward, self._dead_letter)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker trouble: log, back off, reconnect; nothing was acked
-                log.error("pulsar adapter stopped (%s: %s); restarting in %.0f s", type(exc).__name__, exc,
-                          ADAPTER_RESTART_DELAY_S)
-                await asyncio.sleep(ADAPTER_RESTART_DELAY_S)
-            finally:
-                await source.stop()
+        """Run the adapter for the life of the worker: ``VSYNC_ADAPTER_CONCURRENCY`` child processes
+        (the standalone ``vsync-stream adapter``, off the fold's core), or with 0 in this event loop.
+        Either restarts after an infrastructure error; nothing unsent was acknowledged on Pulsar."""
+        from vsync_stream.adapter import run_adapter
+        from vsync_stream.adapter_processes import AdapterProcesses
+
+        never = asyncio.Event()  # the task is cancelled when the worker stops
+        if self.settings.adapter_concurrency == 0:
+            await run_adapter(self.settings, never)
+        else:
+            await AdapterProcesses(self.settings.adapter_concurrency).run(never)
 
 
 M_ARENA_MAX = -8  # glibc <malloc.h>

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     pulsar_subscription_type: Literal["KeyShared", "Shared", "Failover", "Exclusive"] = Field(
         "KeyShared", description="Pulsar subscription type [env: VSYNC_PULSAR_SUBSCRIPTION_TYPE]")
     adapter_enabled: bool = Field(True, description="Run the Pulsar-to-Kafka adapter inside the worker [env: VSYNC_ADAPTER_ENABLED]")
+    adapter_concurrency: int = Field(1, ge=0, description="Adapter processes on the Pulsar subscription: a worker with the adapter enabled starts this many child processes, `vsync-stream adapter` runs this many; 0 = inside the worker's own event loop, sharing the fold's core (slower) [env: VSYNC_ADAPTER_CONCURRENCY]")
+    adapter_batch_size: int = Field(1000, ge=1, description="Pulsar messages the adapter takes per receive and hands to Kafka as one batch, at most [env: VSYNC_ADAPTER_BATCH_SIZE]")
     postgres_dsn: SecretStr = Field(SecretStr("postgresql://vsync:vsync@127.0.0.1:15432/vsync"),
                                     description="PostgreSQL DSN of the audit store [env: VSYNC_POSTGRES_DSN]")
     bridge_target: str = Field("127.0.0.1:15051", description="Bridge gRPC target host:port [env: VSYNC_BRIDGE_TARGET]")

@@ -1,6 +1,13 @@
 """CID and VSync against BCB's official vectors (tests/data/official.json, from shared/vectors)."""
 
+import hmac
+import json
+from hashlib import sha256
+from pathlib import Path
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.factories import official_vectors
 from vsync_stream.domain.cid import cid_of, compute_cid, entry_attributes, normalise_cid, request_id_bytes
@@ -20,6 +27,29 @@ def test_official_cid(case: dict) -> None:
     assert entry_attributes(entry) == case["entry_attributes"]
     assert compute_cid(entry) == case["cid"]
     assert cid_of(request_id_bytes(case["request_id"]), case["entry_attributes"]) == case["cid"]
+
+
+SHARED_VECTORS = Path("/work/shared/vectors/official.json")
+
+
+def test_official_cid_of_the_shared_vectors_file() -> None:
+    """The copy in shared/vectors (the peers' reference) when present, else the repo's own copy."""
+    path = SHARED_VECTORS if SHARED_VECTORS.exists() else Path(__file__).parents[1] / "data" / "official.json"
+    cases = json.loads(path.read_text("utf-8"))["cid"]
+    assert cases
+    for case in cases:
+        assert compute_cid(_entry(case["entry"], case["request_id"])) == case["cid"]
+
+
+@given(key=st.binary(min_size=0, max_size=64), attributes=st.text(max_size=300))
+def test_cid_of_is_hmac_sha256(key: bytes, attributes: str) -> None:
+    # cid_of spells HMAC out over hashlib (cheaper than hmac.digest); it must be RFC 2104 exactly.
+    assert cid_of(key, attributes) == hmac.new(key, attributes.encode("utf-8"), sha256).hexdigest()
+
+
+def test_cid_of_refuses_a_key_longer_than_the_block() -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        cid_of(bytes(65), "x")
 
 
 def test_request_id_uses_rfc4122_bytes_not_le_or_text() -> None:
